@@ -1,0 +1,68 @@
+# One command each: demo, test, bench. Everything installs and starts itself.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+include hack/versions.env
+CACHE_ROOT ?= $(HOME)/.cache/trustwarden
+KUBECTL := $(CACHE_ROOT)/kubernetes/$(KUBE_VERSION)/kubectl
+HELM := $(CACHE_ROOT)/helm/$(HELM_VERSION)/helm
+export TRUSTWARDEN_KUBECTL := $(KUBECTL)
+export TRUSTWARDEN_HELM := $(HELM)
+
+.PHONY: help venv tools cluster-up cluster-down lint typecheck importlint unit e2e test demo bench clean
+
+help:
+	@echo "make demo          set everything up, start a local control plane and the operator, show certificates"
+	@echo "make test          lint, type-check, import contracts, unit tests, e2e tests on a real control plane"
+	@echo "make bench         benchmarks (BENCH=full for the full profile)"
+	@echo "make cluster-up    start the local control plane (.cluster/kubeconfig)"
+	@echo "make cluster-down  stop it and remove its state"
+
+$(STAMP): pyproject.toml
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)
+
+tools:
+	hack/build-control-plane.sh etcd helm kubernetes
+
+cluster-up: tools
+	hack/cluster-up.sh
+
+cluster-down:
+	hack/cluster-down.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check operator tests e2e bench
+	$(VENV)/bin/ruff format --check operator tests e2e bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+importlint: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest tests -q
+
+e2e: $(STAMP) tools
+	$(VENV)/bin/pytest e2e -q -p no:cacheprovider
+
+test: lint typecheck importlint unit e2e
+
+demo: $(STAMP) tools
+	hack/demo.sh
+
+bench: $(STAMP) tools
+	$(VENV)/bin/pip install --quiet -e '.[dev,bench]'
+	$(PY) bench/run.py --profile $${BENCH:-quick}
+
+clean: cluster-down
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

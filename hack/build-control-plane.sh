@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Builds kube-apiserver, kube-controller-manager, kubectl, etcd and helm from the Go module
+# proxy and caches them under ~/.cache/trustwarden/<component>/<version>/.
+#
+# Why wrapper modules: k8s.io/kubernetes points its staging modules at ./staging with replace
+# directives, and Go ignores a dependency's replaces, so `go install k8s.io/kubernetes/...@v`
+# fails. A wrapper module requires k8s.io/kubernetes and replaces every staging module with its
+# published v0.X.Y version. etcd's server module has the same problem; a tiny main fixes it.
+#
+# Each component is built in a temporary directory and moved into the cache only when complete,
+# so a half-built cache is never used. A cached component is reused as it is.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+CACHE_ROOT="${TRUSTWARDEN_CACHE:-$HOME/.cache/trustwarden}"
+export CGO_ENABLED=0
+export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
+# Two compile jobs keep the peak memory of the kube-apiserver link well under the machine's size.
+BUILD_JOBS="${BUILD_JOBS:-2}"
+
+log() { printf '[build-control-plane %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+cached() { # component version binary...
+  local dir="$CACHE_ROOT/$1/$2"; shift 2
+  [[ -f "$dir/.complete" ]] || return 1
+  for b in "$@"; do [[ -x "$dir/$b" ]] || return 1; done
+}
+
+install_dir() { # tmpdir component version: atomically publish a finished build
+  local tmp="$1" dest="$CACHE_ROOT/$2/$3"
+  touch "$tmp/out/.complete"
+  mkdir -p "$(dirname "$dest")"
+  rm -rf "$dest.partial"
+  mv "$tmp/out" "$dest.partial"
+  rm -rf "$dest"
+  mv "$dest.partial" "$dest"
+  log "$2 $3 cached in $dest"
+}
+
+build_kubernetes() {
+  local v="$KUBE_VERSION" bins=(kube-apiserver kube-controller-manager kubectl)
+  if cached kubernetes "$v" "${bins[@]}"; then log "kubernetes $v: cached"; return; fi
+  local tmp; tmp="$(mktemp -d "${TMPDIR:-/tmp}/tw-k8s-build.XXXXXX")"
+  trap 'rm -rf "$tmp"' RETURN
+  local minor="${v#v1.}"; minor="${minor%%.*}"
+  local staging="v0.${v#v1.}"
+  log "kubernetes $v: fetching the published go.mod"
+  (cd "$tmp" && go mod download -json "k8s.io/kubernetes@$v" > dl.json) \
+    || die "go mod download k8s.io/kubernetes@$v failed (is the Go module proxy reachable?)"
+  local gomod; gomod="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["GoMod"])' "$tmp/dl.json")"
+  local goline godebug
+  goline="$(grep -m1 -E '^go [0-9]' "$gomod")"
+  godebug="$(grep -m1 -E '^godebug ' "$gomod" || true)"
+  {
+    echo "module trustwarden.local/k8s-build"
+    echo
+    echo "$goline"
+    [[ -n "$godebug" ]] && echo "$godebug"
+    echo
+    echo "require k8s.io/kubernetes $v"
+    echo
+    # Every staging module is required as v0.0.0 in the published .mod; read the list from it.
+    grep -E '^\s*k8s\.io/[a-z0-9-]+ v0\.0\.0$' "$gomod" | awk '{print $1}' | sort -u | while read -r m; do
+      echo "replace $m => $m $staging"
+    done
+  } > "$tmp/go.mod"
+  log "kubernetes $v: wrapper has $(grep -c '^replace' "$tmp/go.mod") staging replaces"
+  local ld="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  mkdir -p "$tmp/out"
+  local b
+  for b in "${bins[@]}"; do
+    log "kubernetes $v: building $b (several minutes on 2 cores)"
+    (cd "$tmp" && go build -mod=mod -p "$BUILD_JOBS" -trimpath -ldflags "$ld" -o "out/$b" "k8s.io/kubernetes/cmd/$b") \
+      || die "building $b failed"
+  done
+  "$tmp/out/kube-apiserver" --version | grep -q "$v" || die "kube-apiserver does not report $v"
+  install_dir "$tmp" kubernetes "$v"
+}
+
+build_etcd() {
+  local v="$ETCD_VERSION"
+  if cached etcd "$v" etcd; then log "etcd $v: cached"; return; fi
+  local tmp; tmp="$(mktemp -d "${TMPDIR:-/tmp}/tw-etcd-build.XXXXXX")"
+  trap 'rm -rf "$tmp"' RETURN
+  cat > "$tmp/go.mod" <<MOD
+module trustwarden.local/etcd-build
+
+go 1.24
+
+require go.etcd.io/etcd/server/v3 $v
+MOD
+  cat > "$tmp/main.go" <<'GO'
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+  log "etcd $v: building"
+  mkdir -p "$tmp/out"
+  (cd "$tmp" && go mod tidy && go build -p "$BUILD_JOBS" -trimpath -ldflags "-s -w" -o out/etcd .) \
+    || die "building etcd $v failed"
+  install_dir "$tmp" etcd "$v"
+}
+
+build_helm() {
+  local v="$HELM_VERSION"
+  if cached helm "$v" helm; then log "helm $v: cached"; return; fi
+  local tmp; tmp="$(mktemp -d "${TMPDIR:-/tmp}/tw-helm-build.XXXXXX")"
+  trap 'rm -rf "$tmp"' RETURN
+  log "helm $v: building"
+  mkdir -p "$tmp/out"
+  (cd "$tmp" && GOBIN="$tmp/out" go install -trimpath \
+      -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$v" "helm.sh/helm/v3/cmd/helm@$v") \
+    || die "building helm $v failed"
+  install_dir "$tmp" helm "$v"
+}
+
+components=("$@")
+[[ ${#components[@]} -gt 0 ]] || components=(etcd helm kubernetes)
+start=$SECONDS
+for c in "${components[@]}"; do
+  case "$c" in
+    kubernetes) build_kubernetes ;;
+    etcd) build_etcd ;;
+    helm) build_helm ;;
+    *) die "unknown component '$c' (expected kubernetes, etcd or helm)" ;;
+  esac
+done
+log "done in $((SECONDS - start))s"

@@ -1,0 +1,1 @@
+"""trustwarden.k8s"""
