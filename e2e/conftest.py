@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from e2e.operator import OperatorProcess
 from e2e.support import REPO, Cluster, ensure_cluster, stop_cluster
 
 
@@ -30,3 +31,48 @@ def cluster() -> Iterator[Cluster]:
 def namespace(cluster: Cluster) -> Iterator[str]:
     with cluster.namespace() as name:
         yield name
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Cluster) -> None:
+    cluster.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "deploy" / "crds")
+    )
+    for crd in ("trustdomains.trustwarden.io", "workloadidentities.trustwarden.io"):
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+
+
+class OperatorSlot:
+    """The one operator the suite runs; tests that restart it go through here."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.current: OperatorProcess | None = None
+
+    def start(self, *extra_args: str) -> OperatorProcess:
+        self.stop()
+        self.current = OperatorProcess(self.cluster.kubeconfig, extra_args=extra_args).start()
+        self.current.wait_leading()
+        return self.current
+
+    def ensure(self) -> OperatorProcess:
+        if self.current is None or not self.current.running:
+            return self.start()
+        return self.current
+
+    def stop(self) -> None:
+        if self.current is not None:
+            self.current.stop()
+            self.current = None
+
+
+@pytest.fixture(scope="session")
+def operator_slot(cluster: Cluster, crds: None) -> Iterator[OperatorSlot]:
+    slot = OperatorSlot(cluster)
+    yield slot
+    slot.stop()
+
+
+@pytest.fixture
+def operator(operator_slot: OperatorSlot) -> OperatorProcess:
+    return operator_slot.ensure()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import time
@@ -10,8 +11,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from cryptography import x509
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
@@ -156,3 +158,110 @@ def _ready(kubeconfig: Path) -> bool:
         timeout=30,
     )
     return result.returncode == 0 and result.stdout.strip() == "ok"
+
+
+# --- trustwarden objects and certificate checks ---
+
+GROUP, VERSION = "trustwarden.io", "v1alpha1"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def custom(cluster: Cluster) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(cluster.api)
+
+
+def get_td(cluster: Cluster, name: str) -> dict[str, Any]:
+    return dict(custom(cluster).get_cluster_custom_object(GROUP, VERSION, "trustdomains", name))
+
+
+def get_wid(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    return dict(
+        custom(cluster).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "workloadidentities", name
+        )
+    )
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for cond in (obj.get("status") or {}).get("conditions") or ():
+        if cond.get("type") == type_:
+            return dict(cond)
+    return None
+
+
+def wait_condition(
+    read: Callable[[], dict[str, Any]],
+    type_: str,
+    status: str,
+    *,
+    timeout: float = 60,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        obj = read()
+        cond = condition(obj, type_)
+        if cond is None or cond["status"] != status or (reason and cond["reason"] != reason):
+            raise AssertionError(f"{type_} is {cond}")
+        return obj
+
+    return wait_for(
+        probe, timeout=timeout, what=f"{type_}={status}" + (f" ({reason})" if reason else "")
+    )
+
+
+def secret_data(cluster: Cluster, namespace: str, name: str) -> dict[str, bytes] | None:
+    try:
+        secret = cluster.core.read_namespaced_secret(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+
+
+def bundle_data(cluster: Cluster, namespace: str) -> dict[str, str] | None:
+    try:
+        cm = cluster.core.read_namespaced_config_map("trustwarden-bundle", namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return dict(cm.data or {})
+
+
+def leaf_of(chain_pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificates(chain_pem)[0]
+
+
+def serial_of(chain_pem: bytes) -> int:
+    return int(leaf_of(chain_pem).serial_number)
+
+
+def openssl_verify(
+    tmp: Path, leaf_chain: bytes, anchors: str, crl: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Verify a leaf with openssl against anchors (and a CRL); returns the completed process."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    certs = x509.load_pem_x509_certificates(leaf_chain)
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    (tmp / "leaf.pem").write_bytes(certs[0].public_bytes(Encoding.PEM))
+    (tmp / "untrusted.pem").write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in certs[1:]))
+    (tmp / "anchors.pem").write_text(anchors)
+    args = ["openssl", "verify", "-CAfile", str(tmp / "anchors.pem")]
+    if len(certs) > 1:
+        args += ["-untrusted", str(tmp / "untrusted.pem")]
+    if crl is not None:
+        (tmp / "crl.pem").write_text(crl)
+        args += ["-crl_check", "-CRLfile", str(tmp / "crl.pem")]
+    args.append(str(tmp / "leaf.pem"))
+    return subprocess.run(args, capture_output=True, text=True, timeout=30)
+
+
+def apply_yaml(
+    cluster: Cluster, text: str, *extra: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return cluster.kubectl("apply", *extra, "-f", "-", check=check, input_text=text)

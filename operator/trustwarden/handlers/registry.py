@@ -1,0 +1,143 @@
+"""Thin kopf adapters: every handler hands the object to the engine and returns.
+
+Index handlers run for every event, including the initial listing, and kopf holds every other
+handler back until all indexes have their first full listing. So the engine's caches are
+complete before it starts, and a restart re-issues nothing that is still valid.
+Deletions come through `on.event`. No handler here uses kopf's per-object state: nothing is
+written to pods, Secrets or custom resources by kopf itself (no finalizers, no annotations).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import kopf
+
+from trustwarden.handlers.services import Services
+from trustwarden.reconcile.injection import InjectionRejected, plan_injection
+from trustwarden.reconcile.observed import BUNDLE_CONFIGMAP
+
+GROUP, VERSION = "trustwarden.io", "v1alpha1"
+WEBHOOK_ID = "inject-svid"
+
+
+def _services(memo: Any) -> Services:
+    services = memo.services
+    assert isinstance(services, Services)
+    return services
+
+
+def _started(memo: Any) -> Services:
+    services = _services(memo)
+    services.on_caches_complete()
+    return services
+
+
+def build_registry() -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    # --- caches (indexes): complete before any other handler runs ---
+
+    @kopf.index(GROUP, VERSION, "trustdomains", registry=registry)
+    async def index_trust_domains(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        _services(memo).engine.observe_trust_domain(copy.deepcopy(dict(body)))
+
+    @kopf.index(GROUP, VERSION, "workloadidentities", registry=registry)
+    async def index_workload_identities(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        _services(memo).engine.observe_workload_identity(copy.deepcopy(dict(body)))
+
+    @kopf.index("v1", "namespaces", registry=registry)
+    async def index_namespaces(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        _services(memo).engine.observe_namespace(body)
+
+    @kopf.index("v1", "pods", registry=registry)
+    async def index_pods(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        _services(memo).engine.observe_pod(body)
+
+    @kopf.index("v1", "secrets", registry=registry)
+    async def index_secrets(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        _services(memo).engine.observe_secret(body)
+
+    @kopf.index("v1", "configmaps", registry=registry)
+    async def index_configmaps(body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> None:
+        if name == BUNDLE_CONFIGMAP:
+            _services(memo).engine.observe_bundle(body)
+
+    # --- changes and deletions ---
+
+    @kopf.on.event(GROUP, VERSION, "trustdomains", registry=registry)
+    async def trust_domain_event(type: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+        services = _started(memo)
+        if type == "DELETED":
+            services.engine.forget_trust_domain(name)
+
+    @kopf.on.event(GROUP, VERSION, "workloadidentities", registry=registry)
+    async def workload_identity_event(
+        type: str, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
+    ) -> None:
+        services = _started(memo)
+        if type == "DELETED":
+            services.engine.forget_workload_identity(str(namespace), name)
+
+    @kopf.on.event("v1", "namespaces", registry=registry)
+    async def namespace_event(type: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+        services = _started(memo)
+        if type == "DELETED":
+            services.engine.forget_namespace(name)
+
+    @kopf.on.event("v1", "pods", registry=registry)
+    async def pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        services = _started(memo)
+        if type == "DELETED":
+            services.engine.forget_pod(body)
+
+    @kopf.on.event("v1", "secrets", registry=registry)
+    async def secret_event(
+        type: str, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
+    ) -> None:
+        services = _started(memo)
+        if type == "DELETED":
+            services.engine.forget_secret(str(namespace), name)
+
+    @kopf.on.event("v1", "configmaps", registry=registry)
+    async def configmap_event(
+        type: str, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
+    ) -> None:
+        services = _started(memo)
+        if type == "DELETED" and name == BUNDLE_CONFIGMAP:
+            services.engine.forget_bundle(str(namespace))
+
+    # --- the injection webhook ---
+
+    @kopf.on.mutate("v1", "pods", id=WEBHOOK_ID, operations=["CREATE"], registry=registry)
+    async def inject_svid(
+        body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, warnings: list[str], **_: Any
+    ) -> None:
+        services = _services(memo)
+        namespace = str(body.get("metadata", {}).get("namespace") or "")
+        ns_info = services.engine.namespaces.get(namespace)
+        if (
+            namespace == services.config.operator_namespace
+            or ns_info is None
+            or not ns_info.injection_enabled
+        ):
+            services.metrics.webhook_requests.labels(result="skipped").inc()
+            return
+        identities = [s for (ns, _), s in services.engine.wids.items() if ns == namespace]
+        try:
+            plan = plan_injection(body, identities)
+        except InjectionRejected as exc:
+            services.metrics.webhook_requests.labels(result="rejected").inc()
+            raise kopf.AdmissionError(str(exc), code=403) from exc
+        if plan.labels:
+            patch.metadata.setdefault("labels", {}).update(plan.labels)
+        if plan.annotations:
+            patch.metadata.setdefault("annotations", {}).update(plan.annotations)
+        for key, value in plan.spec.items():
+            patch.spec[key] = value
+        services.metrics.webhook_requests.labels(
+            result="injected" if plan.identity else "unselected"
+        ).inc()
+
+    return registry

@@ -1,0 +1,231 @@
+"""`trustwarden run`: wire the gateway, engine, metrics, webhook and leader election into kopf."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import kopf
+from kubernetes import client
+from prometheus_client import start_http_server
+
+from trustwarden.handlers.registry import WEBHOOK_ID, build_registry
+from trustwarden.handlers.services import OperatorConfig, Services
+from trustwarden.handlers.webhook_tls import ServingCertificate, make_serving_certificate
+from trustwarden.k8s.gateway import KubeGateway, load_api_client
+from trustwarden.k8s.leader import LeaderElector
+from trustwarden.metrics import Metrics
+from trustwarden.reconcile.engine import Engine, EngineConfig
+from trustwarden.reconcile.observed import INJECT_LABEL, MANAGED_BY, MANAGER
+
+log = logging.getLogger("trustwarden")
+
+
+def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    # Our own aggregated Events only: kopf would post one per handler run per pod.
+    settings.posting.enabled = False
+    # Watch only what we need, filtered by the API server, never every pod in the cluster.
+    settings.watching.label_selectors["v1", "pods"] = "trustwarden.io/identity"
+    settings.watching.label_selectors["v1", "secrets"] = f"{MANAGED_BY}={MANAGER}"
+    settings.watching.label_selectors["v1", "configmaps"] = f"{MANAGED_BY}={MANAGER}"
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 30
+    settings.peering.standalone = True
+    settings.persistence.finalizer = "trustwarden.io/kopf-unused"
+
+
+def webhook_configuration(config: OperatorConfig, ca_pem: bytes, url: str | None) -> dict[str, Any]:
+    client_config: dict[str, Any] = {"caBundle": base64.b64encode(ca_pem).decode()}
+    if url is not None:
+        client_config["url"] = url
+    else:
+        client_config["service"] = {
+            "name": config.webhook_service,
+            "namespace": config.operator_namespace,
+            "path": f"/{WEBHOOK_ID}",
+            "port": 443,
+        }
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": config.webhook_configuration, "labels": {MANAGED_BY: MANAGER}},
+        "webhooks": [
+            {
+                "name": "svid-injector.trustwarden.io",
+                "clientConfig": client_config,
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "resources": ["pods"],
+                        "operations": ["CREATE"],
+                        "scope": "Namespaced",
+                    }
+                ],
+                # Only opted-in namespaces, never the operator's own.
+                "namespaceSelector": {
+                    "matchLabels": {INJECT_LABEL: "enabled"},
+                    "matchExpressions": [
+                        {
+                            "key": "kubernetes.io/metadata.name",
+                            "operator": "NotIn",
+                            "values": [config.operator_namespace],
+                        }
+                    ],
+                },
+                # Fail closed: a pod that should carry an identity is not admitted without it.
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 10,
+                "matchPolicy": "Equivalent",
+                "reinvocationPolicy": "Never",
+            }
+        ],
+    }
+
+
+def connection_info(configuration: Any) -> kopf.ConnectionInfo:
+    """kopf's credentials from the same client configuration the gateway uses, so
+    `--kubeconfig`, `--context` and in-cluster service-account tokens behave alike."""
+    token = None
+    authorization = (configuration.api_key or {}).get("authorization") or (
+        configuration.api_key or {}
+    ).get("BearerToken")
+    if authorization:
+        token = str(authorization).removeprefix("Bearer ").strip()
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        token=token,
+    )
+
+
+async def _ensure_namespace(api: client.ApiClient, name: str) -> None:
+    core = client.CoreV1Api(api)
+    try:
+        await asyncio.to_thread(core.read_namespace, name)
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise
+        await asyncio.to_thread(
+            core.create_namespace, {"metadata": {"name": name, "labels": {MANAGED_BY: MANAGER}}}
+        )
+
+
+async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None) -> None:
+    api = load_api_client(config.kubeconfig, config.context)
+    gateway = KubeGateway(api, instance=config.identity)
+    metrics = Metrics()
+    engine = Engine(
+        gateway,
+        EngineConfig(operator_namespace=config.operator_namespace, concurrency=config.concurrency),
+        metrics,
+    )
+    services = Services(config=config, engine=engine, gateway=gateway, metrics=metrics)
+    if config.local:
+        await _ensure_namespace(api, config.operator_namespace)
+    if config.metrics_port:
+        start_http_server(
+            config.metrics_port, addr=config.metrics_address, registry=metrics.registry
+        )
+
+    hosts = (
+        ["127.0.0.1"]
+        if config.local
+        else [
+            f"{config.webhook_service}.{config.operator_namespace}.svc",
+            f"{config.webhook_service}.{config.operator_namespace}.svc.cluster.local",
+        ]
+    )
+    serving: ServingCertificate = make_serving_certificate(hosts)
+    tls_dir = Path(tempfile.mkdtemp(prefix="trustwarden-webhook-"))
+    (tls_dir / "tls.crt").write_bytes(serving.cert_pem)
+    key_path = tls_dir / "tls.key"
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(serving.key_pem)
+
+    registry = build_registry()
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(api.configuration)
+
+    settings = kopf.OperatorSettings()
+    configure(settings, config)
+    settings.admission.server = kopf.WebhookServer(
+        addr=config.webhook_address,
+        port=config.webhook_port,
+        host="127.0.0.1" if config.local else hosts[0],
+        certfile=str(tls_dir / "tls.crt"),
+        pkeyfile=str(key_path),
+    )
+    settings.admission.managed = None
+
+    url = f"https://127.0.0.1:{config.webhook_port}/{WEBHOOK_ID}" if config.local else None
+    if config.local or config.webhook_service:
+        await gateway.upsert_webhook_configuration(
+            webhook_configuration(config, serving.ca_pem, url)
+        )
+
+    elector: LeaderElector | None = None
+    tasks: list[asyncio.Task[None]] = []
+    if config.leader_elect:
+        elector = LeaderElector(
+            api,
+            namespace=config.operator_namespace,
+            name=config.lease_name,
+            identity=config.identity,
+            lease_duration=config.lease_duration,
+            on_change=services.on_leadership,
+        )
+        tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
+    else:
+        services.on_leadership(True)
+
+    namespaces = (
+        sorted({*config.watch_namespaces, config.operator_namespace})
+        if config.watch_namespaces
+        else []
+    )
+    operator_stop = stop_flag or asyncio.Event()
+
+    def lost(leading: bool) -> None:
+        services.on_leadership(leading)
+        if not leading:
+            operator_stop.set()  # never keep issuing without the lease
+
+    if elector is not None:
+        elector.on_change = lost
+    liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=settings,
+            memo=kopf.Memo(services=services),
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=True,
+            liveness_endpoint=liveness,
+            stop_flag=operator_stop,
+        )
+    finally:
+        for task in tasks:
+            task.cancel()
+        await engine.stop()
+        if elector is not None:
+            await asyncio.to_thread(elector.release)
+        gateway.close()
+        for path in tls_dir.iterdir():
+            path.unlink()
+        os.rmdir(tls_dir)

@@ -1,0 +1,61 @@
+"""The one typed object kept in kopf's memo: configuration, engine, gateway, metrics."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from trustwarden.k8s.gateway import KubeGateway
+from trustwarden.metrics import Metrics
+from trustwarden.reconcile.engine import Engine
+
+log = logging.getLogger("trustwarden")
+
+
+@dataclass
+class OperatorConfig:
+    operator_namespace: str = "trustwarden-system"
+    local: bool = False
+    kubeconfig: str | None = None
+    context: str | None = None
+    watch_namespaces: list[str] = field(default_factory=list)
+    metrics_address: str = "0.0.0.0"  # noqa: S104 - scraped from other pods in-cluster
+    metrics_port: int = 8080
+    health_port: int = 8081
+    webhook_address: str = "0.0.0.0"  # noqa: S104
+    webhook_port: int = 9443
+    webhook_service: str | None = None
+    webhook_configuration: str = "trustwarden-webhook"
+    concurrency: int = 8
+    leader_elect: bool = True
+    lease_name: str = "trustwarden-leader"
+    lease_duration: float = 15.0
+    identity: str = "trustwarden"
+
+
+@dataclass
+class Services:
+    config: OperatorConfig
+    engine: Engine
+    gateway: KubeGateway
+    metrics: Metrics
+    caches_complete: bool = False
+    leading: bool = False
+
+    def on_caches_complete(self) -> None:
+        """Called by every post-index handler; the first call means kopf's caches are full."""
+        if self.caches_complete:
+            return
+        self.caches_complete = True
+        log.info("initial listing complete: %s", self.engine.snapshot())
+        self._maybe_start()
+
+    def on_leadership(self, leading: bool) -> None:
+        self.leading = leading
+        self.metrics.is_leader.set(1 if leading else 0)
+        self._maybe_start()
+
+    def _maybe_start(self) -> None:
+        if self.caches_complete and self.leading and not self.engine.started:
+            log.info("starting reconciliation as %s", self.config.identity)
+            self.engine.start()

@@ -1,0 +1,128 @@
+"""Shared X.509 helpers: parsing PEM with limits, fingerprints, CA checks."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from .errors import InvalidPEMError
+from .keys import MAX_PEM_BYTES
+
+_SHA256 = hashes.SHA256()
+
+
+def sha256_hex(cert: x509.Certificate) -> str:
+    """Lowercase hex SHA-256 of the DER encoding: the identity of a certificate."""
+    return cert.fingerprint(_SHA256).hex()
+
+
+def serial_hex(serial: int) -> str:
+    return format(serial, "x")
+
+
+def cert_to_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def describe(cert: x509.Certificate) -> str:
+    """Short human description for error messages: subject and serial."""
+    try:
+        subject = cert.subject.rfc4514_string()
+    except ValueError:  # pragma: no cover - malformed names
+        subject = "<unprintable subject>"
+    return f"{subject[:120] or '<empty subject>'} (serial {serial_hex(cert.serial_number)})"
+
+
+def load_certificates(
+    data: bytes, *, source: str, max_certs: int, what: str = "certificate"
+) -> list[x509.Certificate]:
+    """Parse one or more PEM certificates, with size and count limits."""
+    if isinstance(data, str):
+        data = data.encode()
+    if not isinstance(data, bytes | bytearray):
+        raise InvalidPEMError(f"{source}: expected PEM bytes, got {type(data).__name__}")
+    if len(data) > MAX_PEM_BYTES:
+        raise InvalidPEMError(
+            f"{source}: PEM input is {len(data)} bytes, above the {MAX_PEM_BYTES}-byte limit; "
+            f"provide only the {what}s that are needed"
+        )
+    count = data.count(b"-----BEGIN CERTIFICATE-----")
+    if count == 0:
+        hint = ""
+        if b"PRIVATE KEY-----" in data:
+            hint = " (it holds a private key; the key belongs in tls.key)"
+        raise InvalidPEMError(
+            f"{source}: no '-----BEGIN CERTIFICATE-----' block found{hint}; provide PEM "
+            f"encoded {what}s"
+        )
+    if count > max_certs:
+        raise InvalidPEMError(
+            f"{source}: {count} certificates found, more than the limit of {max_certs}; "
+            "remove the ones that are not needed"
+        )
+    try:
+        certs = x509.load_pem_x509_certificates(bytes(data))
+    except ValueError as exc:
+        raise InvalidPEMError(
+            f"{source}: cannot parse the PEM {what}s ({str(exc)[:160]}); check that each "
+            "block is a complete, unmodified certificate"
+        ) from None
+    return certs
+
+
+def basic_constraints(cert: x509.Certificate) -> x509.BasicConstraints | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def is_ca(cert: x509.Certificate) -> bool:
+    bc = basic_constraints(cert)
+    return bc is not None and bc.ca
+
+
+def key_usage(cert: x509.Certificate) -> x509.KeyUsage | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def subject_key_id(cert: x509.Certificate) -> bytes | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return None
+
+
+def authority_key_id(cert: x509.Certificate) -> bytes | None:
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return None
+    return aki.key_identifier
+
+
+def is_self_signed(cert: x509.Certificate) -> bool:
+    if cert.issuer != cert.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except Exception:
+        return False
+    return True
+
+
+def directly_issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except Exception:
+        return False
+    return True
+
+
+def expired(cert: x509.Certificate, now: datetime) -> bool:
+    return now >= cert.not_valid_after_utc

@@ -1,0 +1,223 @@
+"""Per-TrustDomain runtime: its authorities, anchors, revocations and CRLs.
+
+Persistence format (written by the engine through the KubePort):
+- CA Secret `trustwarden-ca-<name>` in the operator namespace: `state.json` (authority records,
+  no keys) plus `<id>.crt` / `<id>.key` per authority. Never labelled with anything a user
+  selector would likely pick, never owned by the TrustDomain (deleting it must not lose keys).
+- Revocations ConfigMap `trustwarden-revocations-<name>` in the operator namespace:
+  `revoked.json`, the serials still inside their validity, so CRLs survive restarts.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from trustwarden.pki import crl as crl_mod
+from trustwarden.pki import rotation
+from trustwarden.pki._clock import from_rfc3339, to_rfc3339
+from trustwarden.pki.ca import Authority
+from trustwarden.pki.keys import load_private_key, private_key_to_pem
+from trustwarden.reconcile.model import CAKind, TrustDomainSpec
+
+CA_SECRET_PREFIX = "trustwarden-ca-"
+REVOCATIONS_PREFIX = "trustwarden-revocations-"
+CRL_VALIDITY = timedelta(hours=24)
+CRL_REFRESH = timedelta(hours=12)
+
+
+def ca_secret_name(domain: str) -> str:
+    return f"{CA_SECRET_PREFIX}{domain}"
+
+
+def revocations_name(domain: str) -> str:
+    return f"{REVOCATIONS_PREFIX}{domain}"
+
+
+@dataclass
+class Revocation:
+    serial: int
+    issuer_sha256: str
+    not_after: datetime
+    revoked_at: datetime
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "serial": format(self.serial, "x"),
+            "issuer": self.issuer_sha256,
+            "notAfter": to_rfc3339(self.not_after),
+            "revokedAt": to_rfc3339(self.revoked_at),
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Revocation:
+        return cls(
+            serial=int(str(raw["serial"]), 16),
+            issuer_sha256=str(raw["issuer"]),
+            not_after=from_rfc3339(str(raw["notAfter"]), "notAfter"),
+            revoked_at=from_rfc3339(str(raw["revokedAt"]), "revokedAt"),
+            reason=str(raw.get("reason", "")),
+        )
+
+
+@dataclass
+class DomainRuntime:
+    spec: TrustDomainSpec
+    authorities: rotation.AuthoritySet | None = None
+    external_anchors: tuple[x509.Certificate, ...] = ()
+    revocations: dict[int, Revocation] = field(default_factory=dict)
+    crl_number: int = 0
+    crl_pem: bytes = b""
+    crl_built_at: datetime | None = None
+    crl_stale: bool = True
+    ca_ready: bool = False
+    ca_reason: str = "Pending"
+    ca_message: str = "the CA has not been loaded yet"
+    issued: int = 0
+    # Public anchors of authorities whose keys were lost: trusted until they expire.
+    orphan_anchors: tuple[x509.Certificate, ...] = ()
+    revocations_exist: bool = False
+    rotation_handled: str | None = None  # the last `trustwarden.io/rotate` request acted on
+    loaded: bool = False  # state was read from (or written to) the cluster at least once
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def trust_domain(self) -> str:
+        return self.spec.trust_domain
+
+    @property
+    def issues(self) -> bool:
+        return self.spec.ca_kind is not CAKind.EXTERNAL
+
+    def active(self) -> Authority | None:
+        if self.authorities is None:
+            return None
+        return self.authorities.active_authority
+
+    def anchors(self, now: datetime) -> list[x509.Certificate]:
+        if self.spec.ca_kind is CAKind.EXTERNAL:
+            return list(self.external_anchors)
+        orphans = [c for c in self.orphan_anchors if c.not_valid_after_utc > now]
+        if self.authorities is None:
+            return orphans
+        return list(self.authorities.anchors(now)) + orphans
+
+    def issuer_by_sha(self, sha: str) -> Authority | None:
+        if self.authorities is None:
+            return None
+        for record in self.authorities.records:
+            if record.authority.sha256 == sha:
+                return record.authority
+        return None
+
+    # --- revocations and CRLs ---
+
+    def revoke(
+        self, serial: int, issuer_sha256: str, not_after: datetime, now: datetime, reason: str
+    ) -> bool:
+        if serial in self.revocations or not_after <= now:
+            return False
+        self.revocations[serial] = Revocation(serial, issuer_sha256, not_after, now, reason)
+        self.crl_stale = True
+        return True
+
+    def prune_revocations(self, now: datetime) -> bool:
+        expired = [s for s, r in self.revocations.items() if r.not_after <= now]
+        for serial in expired:
+            del self.revocations[serial]
+        if expired:
+            self.crl_stale = True
+        return bool(expired)
+
+    def crl(self, now: datetime) -> bytes:
+        """The CRLs of every issuing authority, concatenated; rebuilt only when needed."""
+        if self.authorities is None:
+            return b""
+        due = self.crl_built_at is None or now - self.crl_built_at >= CRL_REFRESH
+        if not (self.crl_stale or due):
+            return self.crl_pem
+        self.prune_revocations(now)
+        self.crl_number += 1
+        parts: list[bytes] = []
+        for record in self.authorities.records:
+            authority = record.authority
+            if authority.not_after <= now:
+                continue
+            entries = [
+                crl_mod.RevokedSerial(r.serial, r.not_after, r.revoked_at, r.reason)
+                for r in self.revocations.values()
+                if r.issuer_sha256 == authority.sha256
+            ]
+            parts.append(
+                crl_mod.build_crl(
+                    authority, entries, now, next_update=CRL_VALIDITY, crl_number=self.crl_number
+                )
+            )
+        self.crl_pem = b"".join(parts)
+        self.crl_built_at = now
+        self.crl_stale = False
+        return self.crl_pem
+
+    def revocations_json(self) -> str:
+        items = sorted(self.revocations.values(), key=lambda r: (r.not_after, r.serial))
+        return json.dumps([r.to_json() for r in items], separators=(",", ":"))
+
+    def load_revocations(self, text: str) -> None:
+        for raw in json.loads(text or "[]"):
+            revocation = Revocation.from_json(raw)
+            self.revocations[revocation.serial] = revocation
+        self.crl_stale = True
+
+
+# --- CA Secret encoding ---
+
+
+def _key_id(authority: Authority) -> str:
+    return authority.sha256[:16]
+
+
+def encode_authorities(aset: rotation.AuthoritySet) -> dict[str, str]:
+    """Secret `data` (base64) for an authority set: records as JSON, certificates and keys."""
+    data: dict[str, bytes] = {}
+    records = []
+    for record in aset.records:
+        kid = _key_id(record.authority)
+        records.append({"id": kid, **rotation.record_to_dict(record)})
+        data[f"{kid}.crt"] = record.authority.certificate_pem + record.authority.intermediates_pem
+        data[f"{kid}.key"] = private_key_to_pem(record.authority.private_key)
+        if not record.authority.is_root:
+            data[f"{kid}.root.crt"] = record.authority.root.public_bytes(Encoding.PEM)
+    data["state.json"] = json.dumps(records, separators=(",", ":"), sort_keys=True).encode()
+    return {k: base64.b64encode(v).decode() for k, v in sorted(data.items())}
+
+
+def decode_authorities(secret_data: Mapping[str, str], now: datetime) -> rotation.AuthoritySet:
+    """The inverse of encode_authorities; raises on anything malformed (the caller recovers)."""
+    raw = {k: base64.b64decode(v, validate=True) for k, v in secret_data.items()}
+    records = []
+    for entry in json.loads(raw["state.json"]):
+        kid = str(entry["id"])
+        certs = x509.load_pem_x509_certificates(raw[f"{kid}.crt"])
+        root_pem = raw.get(f"{kid}.root.crt")
+        authority = Authority(
+            certificate=certs[0],
+            private_key=load_private_key(raw[f"{kid}.key"], source=f"CA Secret key {kid}"),
+            chain=tuple(certs[1:]),
+            root=x509.load_pem_x509_certificate(root_pem) if root_pem else certs[0],
+        )
+        records.append(
+            rotation.record_from_dict({k: v for k, v in entry.items() if k != "id"}, authority)
+        )
+    return rotation.AuthoritySet(tuple(records))

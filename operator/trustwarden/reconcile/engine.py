@@ -1,0 +1,1665 @@
+"""The reconciliation engine: gather from the observed caches, decide with trustwarden.pki, act
+through the KubePort.
+
+Everything funnels through one DeadlineScheduler keyed by work items:
+- ("td", name): a TrustDomain's CA, rotation schedule, CRL refresh and secretRef polling;
+- ("wid", ns, name): a WorkloadIdentity (Shared: its Secret; PerPod: fan out to its pods);
+- ("pod", ns, name): one pod's SVID;
+- ("gone", ns, secret, owner_uid): revoke and delete the Secret of a deleted pod.
+
+Trust bundles, revocation lists and statuses are aggregated: many changes mark them dirty and
+a periodic flush writes each at most once, and only when its content changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+
+from trustwarden.metrics import Metrics
+from trustwarden.pki import bundle as bundle_mod
+from trustwarden.pki import rotation
+from trustwarden.pki._clock import to_rfc3339
+from trustwarden.pki._x509util import sha256_hex
+from trustwarden.pki.ca import (
+    Authority,
+    create_self_signed_ca,
+    load_anchors,
+    load_authority_from_pem,
+)
+from trustwarden.pki.durations import parse_duration
+from trustwarden.pki.errors import PKIError
+from trustwarden.pki.issue import LeafFacts, LeafRequest, issue_leaf, ttl_cap
+from trustwarden.pki.renewal import (
+    DesiredLeaf,
+    RenewalAction,
+    RenewalDecision,
+    RenewalReason,
+    decide_renewal,
+)
+from trustwarden.pki.spiffe import SpiffeID, TemplateContext, render_dns_names, render_spiffe_path
+from trustwarden.reconcile.domains import (
+    DomainRuntime,
+    ca_secret_name,
+    decode_authorities,
+    encode_authorities,
+    revocations_name,
+)
+from trustwarden.reconcile.model import (
+    CAKind,
+    DeliveryMode,
+    SpecError,
+    TrustDomainSpec,
+    WorkloadIdentitySpec,
+)
+from trustwarden.reconcile.observed import (
+    BUNDLE_CONFIGMAP,
+    CONTENT_HASH_ANNOTATION,
+    IDENTITY_LABEL,
+    MANAGED_BY,
+    MANAGER,
+    BundleInfo,
+    NamespaceInfo,
+    PodInfo,
+    SecretInfo,
+)
+from trustwarden.reconcile.ports import ConflictError, KubePort, NotFoundError, ObjectRef
+from trustwarden.reconcile.scheduler import DeadlineScheduler, utcnow
+
+log = logging.getLogger("trustwarden.engine")
+
+API_VERSION = "trustwarden.io/v1alpha1"
+SECRET_REF_POLL = timedelta(seconds=30)
+ROTATE_ANNOTATION = "trustwarden.io/rotate"
+ACTIVATE_AFTER_ANNOTATION = "trustwarden.io/activate-after"
+RETRY_BASE = 2.0
+RETRY_MAX = 300.0
+REPAIR_WINDOW = timedelta(minutes=10)
+REPAIRS_BEFORE_BACKOFF = 3
+EVENT_DEDUP_SECONDS = 60.0
+
+
+@dataclass
+class EngineConfig:
+    operator_namespace: str = "trustwarden-system"
+    concurrency: int = 8
+    flush_interval: float = 0.5
+    status_interval: float = 2.0
+    ca_recovery_grace: timedelta = timedelta(minutes=2)
+    max_jitter_fraction: float = 0.1
+
+
+@dataclass
+class Failure:
+    reason: str
+    message: str
+    attempts: int = 1
+
+
+@dataclass
+class RepairHistory:
+    times: list[datetime] = field(default_factory=list)
+
+
+@dataclass
+class LeafTarget:
+    """Everything needed to converge one Secret: who owns it and what it must hold."""
+
+    key: Hashable
+    namespace: str
+    secret_name: str
+    owner: ObjectRef
+    wid: WorkloadIdentitySpec
+    domain: DomainRuntime
+    context: TemplateContext
+    jitter_key: str
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class Engine:
+    def __init__(
+        self,
+        kube: KubePort,
+        config: EngineConfig,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.kube = kube
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self.scheduler = DeadlineScheduler(
+            self._dispatch,
+            concurrency=config.concurrency,
+            clock=clock,
+            on_depth=metrics.queue_depth.set,
+        )
+        # observed state
+        self.td_bodies: dict[str, Mapping[str, Any]] = {}
+        self.domains: dict[str, DomainRuntime] = {}
+        self.wids: dict[tuple[str, str], WorkloadIdentitySpec] = {}
+        self.wid_bodies: dict[tuple[str, str], Mapping[str, Any]] = {}
+        self.wid_errors: dict[tuple[str, str], SpecError] = {}
+        self.pods: dict[tuple[str, str], PodInfo] = {}
+        self.pods_by_wid: dict[tuple[str, str], set[str]] = defaultdict(set)
+        self.secrets: dict[tuple[str, str], SecretInfo] = {}
+        self.bundles: dict[str, BundleInfo] = {}
+        self.namespaces: dict[str, NamespaceInfo] = {}
+        # decisions and bookkeeping
+        self.failures: dict[Hashable, Failure] = {}
+        self.repairs: dict[Hashable, RepairHistory] = defaultdict(RepairHistory)
+        self.wid_problems: dict[tuple[str, str], tuple[str, str]] = {}
+        self.dirty_bundles: set[str] = set()
+        self.dirty_revocations: set[str] = set()
+        self.dirty_status: set[tuple[str, str, str]] = set()
+        self.last_status: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.conditions: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
+        self.recent_events: dict[tuple[str, str, str], float] = {}
+        self.bundle_conflicts: set[str] = set()
+        self.started = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Begin reconciling. Called once every cache has its initial listing."""
+        if self.started:
+            return
+        self.started = True
+        for name in self.td_bodies:
+            self.scheduler.schedule(("td", name))
+        for ns, name in self.wids:
+            self.scheduler.schedule(("wid", ns, name))
+        for ns, name in self.pods:
+            self.scheduler.schedule(("pod", ns, name))
+        self._catch_up_orphans()
+        self.dirty_bundles.update(self.namespaces)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self.scheduler.run(), name="trustwarden-scheduler"),
+            loop.create_task(self._flush_loop(), name="trustwarden-flush"),
+            loop.create_task(self._status_loop(), name="trustwarden-status"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
+                await task
+        self._tasks = []
+        self.started = False
+
+    def _schedule(self, key: Hashable, at: datetime | None = None) -> None:
+        if self.started:
+            self.scheduler.schedule(key, at)
+
+    # ------------------------------------------------------------------ observation
+
+    def observe_namespace(self, body: Mapping[str, Any]) -> None:
+        info = NamespaceInfo.from_body(body)
+        previous = self.namespaces.get(info.name)
+        self.namespaces[info.name] = info
+        if previous is None or previous.labels != info.labels:
+            self.dirty_bundles.add(info.name)
+            for ns, name in self.wids:
+                if ns == info.name:
+                    self._schedule(("wid", ns, name))
+
+    def forget_namespace(self, name: str) -> None:
+        self.namespaces.pop(name, None)
+        self.dirty_bundles.discard(name)
+
+    def observe_trust_domain(self, body: Mapping[str, Any]) -> None:
+        name = str((body.get("metadata") or {}).get("name"))
+        self.td_bodies[name] = body
+        self._schedule(("td", name))
+
+    def forget_trust_domain(self, name: str) -> None:
+        self.td_bodies.pop(name, None)
+        self._schedule(("td", name))
+
+    def observe_workload_identity(self, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        self.wid_bodies[key] = body
+        try:
+            self.wids[key] = WorkloadIdentitySpec.from_body(body)
+            self.wid_errors.pop(key, None)
+        except SpecError as exc:
+            # Keep the last valid spec: nothing already issued is lost to a bad edit.
+            self.wid_errors[key] = exc
+        self.dirty_bundles.add(key[0])
+        self._schedule(("wid", *key))
+
+    def forget_workload_identity(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        self.wid_bodies.pop(key, None)
+        self.wid_errors.pop(key, None)
+        self.dirty_bundles.add(namespace)
+        self._schedule(("wid", namespace, name))
+
+    def observe_pod(self, body: Mapping[str, Any]) -> None:
+        info = PodInfo.from_body(body)
+        key = (info.namespace, info.name)
+        previous = self.pods.get(key)
+        if previous is not None and previous.identity and previous.identity != info.identity:
+            self.pods_by_wid[(info.namespace, previous.identity)].discard(info.name)
+        self.pods[key] = info
+        if info.identity:
+            self.pods_by_wid[(info.namespace, info.identity)].add(info.name)
+        if previous is None or previous.labels != info.labels or info.deleting:
+            self._schedule(("pod", *key))
+
+    def forget_pod(self, body: Mapping[str, Any]) -> None:
+        info = PodInfo.from_body(body)
+        key = (info.namespace, info.name)
+        known = self.pods.pop(key, None) or info
+        if known.identity:
+            self.pods_by_wid[(known.namespace, known.identity)].discard(known.name)
+            self.dirty_status.add(("wid", known.namespace, known.identity))
+        self.scheduler.cancel(("pod", *key))
+        self.failures.pop(("pod", *key), None)
+        if known.secret_name:
+            self._schedule(("gone", known.namespace, known.secret_name, known.uid))
+
+    def observe_secret(self, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        namespace = str(meta.get("namespace"))
+        is_state = namespace == self.config.operator_namespace
+        info = SecretInfo.from_body(body, parse_leaf=not is_state)
+        key = (info.namespace, info.name)
+        previous = self.secrets.get(key)
+        self.secrets[key] = info
+        if previous is not None and previous.data_sha256 == info.data_sha256:
+            return
+        self._poke_secret_owner(info)
+
+    def forget_secret(self, namespace: str, name: str) -> None:
+        info = self.secrets.pop((namespace, name), None)
+        if info is not None:
+            self._poke_secret_owner(info)
+
+    def _poke_secret_owner(self, info: SecretInfo) -> None:
+        if info.namespace == self.config.operator_namespace and info.name.startswith(
+            "trustwarden-ca-"
+        ):
+            for name, runtime in self.domains.items():
+                if ca_secret_name(name) == info.name:
+                    self._schedule(("td", runtime.name))
+            return
+        for (ns, wid_name), spec in self.wids.items():
+            if (
+                ns == info.namespace
+                and spec.mode is DeliveryMode.SHARED
+                and spec.secret_name == info.name
+            ):
+                self._schedule(("wid", ns, wid_name))
+        for pod_name in self.pods_by_wid.get((info.namespace, info.identity or ""), ()):
+            pod = self.pods.get((info.namespace, pod_name))
+            if pod is not None and pod.secret_name == info.name:
+                self._schedule(("pod", info.namespace, pod_name))
+
+    def observe_bundle(self, body: Mapping[str, Any]) -> None:
+        info = BundleInfo.from_body(body)
+        previous = self.bundles.get(info.namespace)
+        self.bundles[info.namespace] = info
+        if previous is None or previous.content_hash != info.content_hash:
+            self.dirty_bundles.add(info.namespace)
+
+    def forget_bundle(self, namespace: str) -> None:
+        self.bundles.pop(namespace, None)
+        self.dirty_bundles.add(namespace)
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def _dispatch(self, key: Hashable) -> None:
+        assert isinstance(key, tuple)
+        kind = key[0]
+        try:
+            if kind == "td":
+                await self._reconcile_domain(key[1])
+            elif kind == "wid":
+                await self._reconcile_identity(key[1], key[2])
+            elif kind == "pod":
+                await self._reconcile_pod(key[1], key[2])
+            elif kind == "gone":
+                await self._revoke_orphan(key[1], key[2], key[3])
+            self.failures.pop(key, None)
+        except ConflictError:
+            self.scheduler.schedule(key, self.clock() + timedelta(seconds=0.2 + random.random()))  # noqa: S311
+        except Exception as exc:
+            failure = self.failures.get(key)
+            attempts = failure.attempts + 1 if failure else 1
+            self.failures[key] = Failure("ReconcileError", str(exc), attempts)
+            self.metrics.errors.labels(reason="ReconcileError").inc()
+            delay = min(RETRY_MAX, RETRY_BASE * (2 ** min(attempts, 10))) * (0.5 + random.random())  # noqa: S311
+            log.warning("%s failed (attempt %d, retry in %.0fs): %s", key, attempts, delay, exc)
+            self.scheduler.schedule(key, self.clock() + timedelta(seconds=delay))
+
+    # ------------------------------------------------------------------ trust domains
+
+    def _domain_ref(self, runtime: DomainRuntime) -> ObjectRef:
+        return ObjectRef(API_VERSION, "TrustDomain", runtime.name, None, runtime.spec.uid)
+
+    async def _reconcile_domain(self, name: str) -> None:
+        body = self.td_bodies.get(name)
+        status_key = ("td", "", name)
+        if body is None:
+            runtime = self.domains.pop(name, None)
+            if runtime is not None:
+                self.dirty_bundles.update(self.namespaces)
+                self._reschedule_domain_identities(name)
+            return
+        try:
+            spec = TrustDomainSpec.from_body(body)
+        except SpecError as exc:
+            runtime = self.domains.get(name)
+            self._set_condition(status_key, "Ready", False, exc.reason, exc.message)
+            if runtime is None:
+                self._set_condition(status_key, "CAReady", False, exc.reason, exc.message)
+            self.dirty_status.add(status_key)
+            await self._event(
+                ObjectRef(
+                    API_VERSION,
+                    "TrustDomain",
+                    name,
+                    None,
+                    str((body.get("metadata") or {}).get("uid")),
+                ),
+                "Warning",
+                exc.reason,
+                exc.message,
+            )
+            return
+        runtime = self.domains.get(name)
+        if runtime is None:
+            runtime = DomainRuntime(spec=spec)
+            self.domains[name] = runtime
+        previous_spec = runtime.spec
+        runtime.spec = spec
+        now = self.clock()
+        anchors_before = {sha256_hex(c) for c in runtime.anchors(now)}
+        active_before = runtime.active()
+        if not runtime.loaded:
+            await self._load_revocations(runtime)
+        next_at: datetime | None = None
+        try:
+            if spec.ca_kind is CAKind.SELF_SIGNED:
+                next_at = await self._converge_self_signed(runtime, body, now)
+            elif spec.ca_kind is CAKind.SECRET_REF:
+                next_at = await self._converge_secret_ref(runtime, now)
+            else:
+                runtime.external_anchors = tuple(
+                    load_anchors(str(spec.external_bundle).encode(), now)
+                )
+                runtime.ca_ready, runtime.ca_reason = True, "AnchorsLoaded"
+                runtime.ca_message = f"{len(runtime.external_anchors)} external anchor(s) loaded"
+                soonest = min(
+                    (c.not_valid_after_utc for c in runtime.external_anchors), default=None
+                )
+                next_at = soonest
+        except PKIError as exc:
+            runtime.ca_ready, runtime.ca_reason, runtime.ca_message = False, "CAInvalid", str(exc)
+            self.metrics.errors.labels(reason="CAInvalid").inc()
+            await self._event(self._domain_ref(runtime), "Warning", "CAInvalid", str(exc))
+            next_at = now + SECRET_REF_POLL
+        runtime.loaded = True
+        anchors_after = {sha256_hex(c) for c in runtime.anchors(now)}
+        if anchors_after != anchors_before or previous_spec != spec:
+            self._mark_domain_bundles(runtime)
+            self._reschedule_domain_identities(name)
+        active_after = runtime.active()
+        if active_after is not None and (
+            active_before is None or active_before.sha256 != active_after.sha256
+        ):
+            self._reschedule_domain_identities(name)
+        if runtime.issues:
+            crl_due = (runtime.crl_built_at or now) + timedelta(hours=12)
+            next_at = min(x for x in (next_at, crl_due) if x is not None)
+            if runtime.prune_revocations(now):
+                self.dirty_revocations.add(name)
+                self._mark_domain_bundles(runtime)
+        self._publish_ca_metrics(runtime)
+        self.dirty_status.add(status_key)
+        if next_at is not None:
+            self._schedule(("td", name), max(next_at, now + timedelta(seconds=1)))
+
+    def _make_authority(self, runtime: DomainRuntime) -> Callable[[datetime], Authority]:
+        spec = runtime.spec
+
+        def make(now: datetime) -> Authority:
+            return create_self_signed_ca(
+                spec.trust_domain, spec.key_algorithm, spec.ca_ttl, now=now
+            )
+
+        return make
+
+    async def _converge_self_signed(
+        self, runtime: DomainRuntime, body: Mapping[str, Any], now: datetime
+    ) -> datetime | None:
+        opns = self.config.operator_namespace
+        secret_name = ca_secret_name(runtime.name)
+        observed = self.secrets.get((opns, secret_name))
+        if runtime.authorities is None:
+            stored = await self.kube.get("Secret", opns, secret_name)
+            if stored is not None:
+                try:
+                    runtime.authorities = decode_authorities(stored.get("data") or {}, now)
+                    await self._load_orphan_anchors(runtime, stored)
+                    handled = (stored.get("data") or {}).get("rotation-request")
+                    runtime.rotation_handled = (
+                        base64.b64decode(handled).decode() if handled else None
+                    )
+                except (PKIError, KeyError, ValueError) as exc:
+                    await self._recover_lost_ca(
+                        runtime, body, now, f"the CA Secret is corrupted ({exc})"
+                    )
+            else:
+                await self._recover_lost_ca(runtime, body, now, "the CA Secret does not exist")
+        elif observed is None or observed.data_sha256 != self._ca_data_sha(runtime):
+            # The CA Secret was deleted or edited while we hold the authorities in memory:
+            # restore it exactly; no new root, no trust gap.
+            what = "deleted" if observed is None else "modified"
+            await self._write_ca_secret(runtime)
+            self.metrics.ca_recoveries.labels(
+                trust_domain=runtime.trust_domain, outcome="restored"
+            ).inc()
+            await self._event(
+                self._domain_ref(runtime),
+                "Warning",
+                "CASecretRestored",
+                f"CA Secret {opns}/{secret_name} was {what}; restored it from memory (no new root was minted)",
+            )
+        assert runtime.authorities is not None
+        await self._maybe_force_rotate(runtime, body, now)
+        aset = runtime.authorities
+        waiting_recovery = (
+            aset.active_record is None
+            and aset.prepared_record is not None
+            and aset.prepared_record.planned_activation is not None
+            and aset.prepared_record.planned_activation > now
+        )
+        transitions: list[rotation.Transition] = []
+        if not waiting_recovery:
+            prepared = aset.prepared_record
+            activating = prepared is not None and now >= (
+                prepared.planned_activation
+                or (aset.active_record.successor_activate_at if aset.active_record else now)
+            )
+            if (
+                activating
+                and prepared is not None
+                and not self._anchor_published(runtime, prepared.sha256)
+            ):
+                # Never let an authority sign before its anchor is in every entitled bundle.
+                runtime.ca_reason = "WaitingForBundles"
+                self._mark_domain_bundles(runtime)
+                return now + timedelta(seconds=2)
+            new_set, transitions = rotation.advance(aset, now, self._make_authority(runtime))
+            if transitions:
+                runtime.authorities = new_set
+                await self._write_ca_secret(runtime)
+                for transition in transitions:
+                    await self._event(
+                        self._domain_ref(runtime),
+                        "Normal",
+                        f"Authority{transition.kind.value.capitalize()}",
+                        f"authority {transition.serial_hex}: {transition.reason}",
+                    )
+        active = runtime.active()
+        if active is None:
+            runtime.ca_ready = False
+            runtime.ca_reason = "CARecovering"
+            prepared_at = aset.prepared_record.planned_activation if aset.prepared_record else None
+            runtime.ca_message = (
+                "the CA key was lost; a new authority is published in the bundles and becomes "
+                f"active at {to_rfc3339(prepared_at) if prepared_at else 'soon'}; existing "
+                "certificates stay trusted until they expire"
+            )
+            return prepared_at
+        runtime.ca_ready, runtime.ca_reason = True, "Active"
+        runtime.ca_message = (
+            f"active authority {active.serial_hex} valid until {to_rfc3339(active.not_after)}"
+        )
+        return rotation.next_event_at(runtime.authorities)
+
+    async def _maybe_force_rotate(
+        self, runtime: DomainRuntime, body: Mapping[str, Any], now: datetime
+    ) -> None:
+        """`trustwarden ca rotate` sets ROTATE_ANNOTATION to a new value: prepare a successor now,
+        publish it, and activate it after ACTIVATE_AFTER_ANNOTATION (and only once every
+        entitled bundle holds it)."""
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        request = annotations.get(ROTATE_ANNOTATION)
+        aset = runtime.authorities
+        if (
+            not request
+            or request == runtime.rotation_handled
+            or aset is None
+            or aset.active_record is None
+        ):
+            return
+        raw_after = annotations.get(ACTIVATE_AFTER_ANNOTATION, "1m")
+        try:
+            activate_after = parse_duration(raw_after)
+        except PKIError as exc:
+            await self._event(
+                self._domain_ref(runtime),
+                "Warning",
+                "InvalidRotationRequest",
+                f"TrustDomain {runtime.name}: annotation {ACTIVATE_AFTER_ANNOTATION}={raw_after!r}: {exc}",
+            )
+            return
+        runtime.authorities = rotation.force_rotate(
+            aset, now, self._make_authority(runtime), activate_after
+        )
+        runtime.rotation_handled = request
+        prepared = runtime.authorities.prepared_record
+        await self._write_ca_secret(runtime)
+        self._mark_domain_bundles(runtime)
+        self._reschedule_domain_identities(runtime.name)
+        await self._event(
+            self._domain_ref(runtime),
+            "Normal",
+            "RotationStarted",
+            f"forced rotation {request}: authority {prepared.serial_hex if prepared else '?'} prepared and "
+            f"published; it activates after {raw_after} once every bundle holds it",
+        )
+
+    def _ca_data_sha(self, runtime: DomainRuntime) -> str:
+        data = self._ca_secret_data(runtime)
+        digest = hashlib.sha256()
+        for key_name in sorted(data):
+            digest.update(f"{key_name}\0{data[key_name]}\0".encode())
+        return digest.hexdigest()
+
+    def _ca_secret_data(self, runtime: DomainRuntime) -> dict[str, str]:
+        assert runtime.authorities is not None
+        data = encode_authorities(runtime.authorities)
+        if runtime.rotation_handled:
+            data["rotation-request"] = _b64(runtime.rotation_handled.encode())
+        if runtime.orphan_anchors:
+            data["orphans.pem"] = _b64(bundle_mod.anchors_to_pem(runtime.orphan_anchors).encode())
+        return data
+
+    async def _write_ca_secret(self, runtime: DomainRuntime) -> None:
+        opns = self.config.operator_namespace
+        name = ca_secret_name(runtime.name)
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {
+                "name": name,
+                "namespace": opns,
+                "labels": {MANAGED_BY: MANAGER, "trustwarden.io/role": "ca"},
+                "annotations": {"trustwarden.io/trust-domain": runtime.trust_domain},
+            },
+            "data": self._ca_secret_data(runtime),
+        }
+        if (opns, name) in self.secrets:
+            written = await self.kube.replace("Secret", opns, name, body)
+        else:
+            try:
+                written = await self.kube.create("Secret", opns, body)
+            except ConflictError:
+                written = await self.kube.replace("Secret", opns, name, body)
+        self.secrets[(opns, name)] = SecretInfo.from_body(written, parse_leaf=False)
+
+    async def _load_orphan_anchors(self, runtime: DomainRuntime, stored: Mapping[str, Any]) -> None:
+        raw = (stored.get("data") or {}).get("orphans.pem")
+        if raw:
+            try:
+                runtime.orphan_anchors = tuple(
+                    x509.load_pem_x509_certificates(base64.b64decode(raw))
+                )
+            except ValueError:
+                runtime.orphan_anchors = ()
+
+    async def _recover_lost_ca(
+        self, runtime: DomainRuntime, body: Mapping[str, Any], now: datetime, why: str
+    ) -> None:
+        had_authorities = bool((body.get("status") or {}).get("authorities"))
+        make = self._make_authority(runtime)
+        if not had_authorities:
+            runtime.authorities, _ = rotation.advance(rotation.AuthoritySet(()), now, make)
+            await self._write_ca_secret(runtime)
+            await self._event(
+                self._domain_ref(runtime),
+                "Normal",
+                "CACreated",
+                f"created self-signed authority {runtime.authorities.active_record.serial_hex if runtime.authorities.active_record else ''}",
+            )
+            return
+        # The key is gone: the old anchors stay in the bundles (read back from a published
+        # bundle) until they expire, and the new root is published before it signs anything.
+        runtime.orphan_anchors = tuple(
+            c for c in await self._published_anchors(runtime) if c.not_valid_after_utc > now
+        )
+        new_authority = make(now)
+        runtime.authorities = rotation.AuthoritySet(
+            (
+                rotation.AuthorityRecord(
+                    new_authority,
+                    rotation.AuthorityState.Prepared,
+                    prepared_at=now,
+                    planned_activation=now + self.config.ca_recovery_grace,
+                ),
+            )
+        )
+        await self._write_ca_secret(runtime)
+        self.metrics.ca_recoveries.labels(
+            trust_domain=runtime.trust_domain, outcome="replaced"
+        ).inc()
+        self._mark_domain_bundles(runtime)
+        await self._event(
+            self._domain_ref(runtime),
+            "Warning",
+            "CASecretLost",
+            f"{why} and no copy is held in memory: minted authority {new_authority.serial_hex}, "
+            f"published it in the bundles and will activate it in {self.config.ca_recovery_grace}; "
+            f"{len(runtime.orphan_anchors)} previous anchor(s) stay trusted until they expire",
+        )
+
+    async def _published_anchors(self, runtime: DomainRuntime) -> list[x509.Certificate]:
+        for namespace in list(self.bundles):
+            cm = await self.kube.get("ConfigMap", namespace, BUNDLE_CONFIGMAP)
+            pem = ((cm or {}).get("data") or {}).get(f"{runtime.trust_domain}.pem")
+            if pem:
+                try:
+                    return list(x509.load_pem_x509_certificates(pem.encode()))
+                except ValueError:
+                    continue
+        return []
+
+    async def _converge_secret_ref(self, runtime: DomainRuntime, now: datetime) -> datetime:
+        opns = self.config.operator_namespace
+        assert runtime.spec.secret_name is not None
+        where = f"Secret {opns}/{runtime.spec.secret_name} (spec.ca.secretRef of TrustDomain {runtime.name})"
+        if runtime.authorities is None:
+            stored = await self.kube.get("Secret", opns, ca_secret_name(runtime.name))
+            if stored is not None:
+                try:
+                    runtime.authorities = decode_authorities(stored.get("data") or {}, now)
+                except (PKIError, KeyError, ValueError):
+                    runtime.authorities = None
+        source = await self.kube.get("Secret", opns, runtime.spec.secret_name)
+        if source is None:
+            raise _CAError(f"{where} does not exist; create it with tls.crt, tls.key and ca.crt")
+        data = source.get("data") or {}
+        try:
+            chain = base64.b64decode(data.get("tls.crt", ""))
+            key = base64.b64decode(data.get("tls.key", ""))
+            root = base64.b64decode(data["ca.crt"]) if data.get("ca.crt") else None
+        except ValueError as exc:
+            raise _CAError(f"{where}: data is not valid base64") from exc
+        authority = load_authority_from_pem(chain, key, root, now, source=where)
+        aset = runtime.authorities or rotation.AuthoritySet(())
+        changed = False
+        if aset.active_record is None or aset.active_record.sha256 != authority.sha256:
+            records = [
+                replace(r, state=rotation.AuthorityState.Retired, retired_at=now)
+                if r.state is rotation.AuthorityState.Active
+                else r
+                for r in aset.records
+                if r.sha256 != authority.sha256
+            ]
+            records.append(
+                rotation.AuthorityRecord(
+                    authority, rotation.AuthorityState.Active, activated_at=now
+                )
+            )
+            aset = rotation.AuthoritySet(tuple(records))
+            changed = True
+            if runtime.authorities is not None:
+                await self._event(
+                    self._domain_ref(runtime),
+                    "Normal",
+                    "AuthorityActivated",
+                    f"{where} holds a new CA {authority.serial_hex}; the previous one stays in bundles until its leaves expire",
+                )
+        kept = tuple(
+            r
+            for r in aset.records
+            if r.state is not rotation.AuthorityState.Retired or now < r.drop_at
+        )
+        if len(kept) != len(aset.records):
+            aset, changed = rotation.AuthoritySet(kept), True
+        runtime.authorities = aset
+        if changed or (opns, ca_secret_name(runtime.name)) not in self.secrets:
+            await self._write_ca_secret(runtime)
+        runtime.ca_ready, runtime.ca_reason = True, "Active"
+        runtime.ca_message = f"loaded {where}: CA {authority.serial_hex} valid until {to_rfc3339(authority.not_after)}"
+        return now + SECRET_REF_POLL
+
+    def _anchor_published(self, runtime: DomainRuntime, sha: str) -> bool:
+        """True when every namespace entitled to the domain holds a bundle with `sha`."""
+        for namespace in self.namespaces:
+            domains = self._entitled_domains(namespace)
+            if runtime not in domains:
+                continue
+            if namespace in self.dirty_bundles:
+                return False
+            desired = self._desired_bundle(namespace, domains)
+            observed = self.bundles.get(namespace)
+            if observed is None or observed.content_hash != desired.content_hash:
+                return False
+            if sha not in desired.data.get("ca.crt", "") and sha not in self._bundle_shas(desired):
+                return False
+        return True
+
+    @staticmethod
+    def _bundle_shas(bundle: bundle_mod.NamespaceBundle) -> set[str]:
+        pem = bundle.data.get("ca.crt", "")
+        if not pem:
+            return set()
+        return {sha256_hex(c) for c in x509.load_pem_x509_certificates(pem.encode())}
+
+    async def _load_revocations(self, runtime: DomainRuntime) -> None:
+        cm = await self.kube.get(
+            "ConfigMap", self.config.operator_namespace, revocations_name(runtime.name)
+        )
+        if cm is not None:
+            runtime.load_revocations(((cm.get("data") or {}).get("revoked.json")) or "[]")
+            runtime.revocations_exist = True
+
+    def _publish_ca_metrics(self, runtime: DomainRuntime) -> None:
+        if runtime.authorities is None:
+            return
+        for record in runtime.authorities.records:
+            self.metrics.ca_not_after.labels(
+                trust_domain=runtime.trust_domain,
+                serial=record.serial_hex,
+                state=record.state.value,
+            ).set(record.authority.not_after.timestamp())
+
+    def _reschedule_domain_identities(self, domain_name: str) -> None:
+        for (ns, name), spec in self.wids.items():
+            if spec.trust_domain_ref == domain_name or domain_name in spec.federates_with:
+                self._schedule(("wid", ns, name))
+
+    def _mark_domain_bundles(self, runtime: DomainRuntime) -> None:
+        for namespace in self.namespaces:
+            if runtime in self._entitled_domains(namespace) or namespace in self.bundles:
+                self.dirty_bundles.add(namespace)
+
+    # ------------------------------------------------------------------ entitlement and bundles
+
+    def _allowed(self, runtime: DomainRuntime, namespace: str) -> bool:
+        info = self.namespaces.get(namespace)
+        labels = info.labels if info is not None else {}
+        return runtime.spec.allowed_namespaces.matches(labels)
+
+    def _entitled_domains(self, namespace: str) -> list[DomainRuntime]:
+        """The domains whose anchors `namespace` may hold: its identities' domains (when the
+        domain's policy allows the namespace), their federatesWith (same check), and domains
+        whose bundle.namespaceSelector selects it. Never anything else."""
+        chosen: dict[str, DomainRuntime] = {}
+        for (ns, _), spec in self.wids.items():
+            if ns != namespace:
+                continue
+            own = self.domains.get(spec.trust_domain_ref)
+            if own is None or not self._allowed(own, namespace):
+                continue
+            chosen[own.name] = own
+            for other in spec.federates_with:
+                federated = self.domains.get(other)
+                if federated is not None and self._allowed(federated, namespace):
+                    chosen[federated.name] = federated
+        info = self.namespaces.get(namespace)
+        labels = info.labels if info is not None else {}
+        for runtime in self.domains.values():
+            selector = runtime.spec.bundle_namespaces
+            if selector is not None and selector.matches(labels):
+                chosen[runtime.name] = runtime
+        return sorted(chosen.values(), key=lambda r: r.name)
+
+    def _desired_bundle(
+        self, namespace: str, domains: Iterable[DomainRuntime]
+    ) -> bundle_mod.NamespaceBundle:
+        now = self.clock()
+        anchors: dict[str, list[x509.Certificate]] = {}
+        crls: dict[str, bytes] = {}
+        sequence = 0
+        for runtime in domains:
+            certs = runtime.anchors(now)
+            if not certs:
+                continue
+            anchors.setdefault(runtime.trust_domain, []).extend(certs)
+            sequence = max(sequence, *(int(c.not_valid_before_utc.timestamp()) for c in certs))
+            if runtime.issues:
+                crl = runtime.crl(now)
+                if crl:
+                    crls[runtime.trust_domain] = crl
+        return bundle_mod.build_namespace_bundle(anchors, crls, now, sequence)
+
+    async def _sync_bundle(self, namespace: str) -> None:
+        info = self.namespaces.get(namespace)
+        observed = self.bundles.get(namespace)
+        if info is None or info.terminating:
+            return
+        domains = [d for d in self._entitled_domains(namespace) if d.anchors(self.clock())]
+        if observed is not None and not observed.managed:
+            self.bundle_conflicts.add(namespace)
+            return
+        self.bundle_conflicts.discard(namespace)
+        if not domains:
+            if observed is not None:
+                await self.kube.delete("ConfigMap", namespace, BUNDLE_CONFIGMAP, uid=observed.uid)
+                self.bundles.pop(namespace, None)
+                self.metrics.bundle_writes.labels(operation="delete").inc()
+            return
+        desired = self._desired_bundle(namespace, domains)
+        if observed is not None and observed.content_hash == desired.content_hash:
+            return
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": BUNDLE_CONFIGMAP,
+                "namespace": namespace,
+                "labels": {MANAGED_BY: MANAGER},
+                "annotations": {CONTENT_HASH_ANNOTATION: desired.content_hash},
+            },
+            "data": desired.data,
+        }
+        if observed is None:
+            try:
+                written = await self.kube.create("ConfigMap", namespace, body)
+                operation = "create"
+            except ConflictError:
+                written = await self.kube.replace("ConfigMap", namespace, BUNDLE_CONFIGMAP, body)
+                operation = "update"
+        else:
+            written = await self.kube.replace("ConfigMap", namespace, BUNDLE_CONFIGMAP, body)
+            operation = "update"
+        self.bundles[namespace] = BundleInfo.from_body(written)
+        self.metrics.bundle_writes.labels(operation=operation).inc()
+
+    # ------------------------------------------------------------------ identities
+
+    def _wid_ref(self, spec: WorkloadIdentitySpec) -> ObjectRef:
+        return ObjectRef(API_VERSION, "WorkloadIdentity", spec.name, spec.namespace, spec.uid)
+
+    def _identity_problem(self, spec: WorkloadIdentitySpec) -> tuple[str, str] | DomainRuntime:
+        """Rules that need other objects; returns (reason, message) or the usable domain."""
+        runtime = self.domains.get(spec.trust_domain_ref)
+        if runtime is None:
+            return (
+                "TrustDomainNotFound",
+                f"{spec.where}: spec.trustDomain names TrustDomain {spec.trust_domain_ref!r}, which does not exist; create it or fix the name",
+            )
+        if not runtime.issues:
+            return (
+                "TrustDomainCannotIssue",
+                f"{spec.where}: TrustDomain {runtime.name} is external (anchors only) and cannot issue; use a selfSigned or secretRef domain",
+            )
+        if not self._allowed(runtime, spec.namespace):
+            return (
+                "NamespaceNotAllowed",
+                f"{spec.where}: TrustDomain {runtime.name} spec.policy.allowedNamespaces does not select namespace {spec.namespace}; label the namespace or change the policy",
+            )
+        for other in spec.federates_with:
+            federated = self.domains.get(other)
+            if federated is None:
+                return (
+                    "FederationNotFound",
+                    f"{spec.where}: spec.federatesWith names TrustDomain {other!r}, which does not exist",
+                )
+            if not self._allowed(federated, spec.namespace):
+                return (
+                    "FederationNotAllowed",
+                    f"{spec.where}: spec.federatesWith names TrustDomain {other}, whose spec.policy.allowedNamespaces does not select namespace {spec.namespace}",
+                )
+        active = runtime.active()
+        if active is None:
+            return (
+                "TrustDomainNotReady",
+                f"TrustDomain {runtime.name} has no active authority yet: {runtime.ca_message}",
+            )
+        cap = ttl_cap(runtime.spec.max_ttl, active.lifetime)
+        if spec.ttl > cap:
+            return (
+                "TTLAboveCap",
+                f"{spec.where}: spec.ttl {spec.ttl} is above the cap of TrustDomain {runtime.name} "
+                f"({cap} = min(policy.maxTTL, CA lifetime / 6)); lower spec.ttl",
+            )
+        return runtime
+
+    async def _reconcile_identity(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        status_key = ("wid", namespace, name)
+        spec = self.wids.get(key)
+        if key not in self.wid_bodies:
+            # Deleted: revoke everything it issued.
+            self.wids.pop(key, None)
+            self.wid_problems.pop(key, None)
+            await self._revoke_identity_secrets(namespace, name, spec)
+            self.dirty_bundles.add(namespace)
+            self.last_status.pop(status_key, None)
+            self.conditions.pop(status_key, None)
+            return
+        self.dirty_status.add(status_key)
+        error = self.wid_errors.get(key)
+        if error is not None:
+            self.wid_problems[key] = (error.reason, error.message)
+            body = self.wid_bodies[key]
+            meta = body.get("metadata") or {}
+            await self._event(
+                ObjectRef(API_VERSION, "WorkloadIdentity", name, namespace, str(meta.get("uid"))),
+                "Warning",
+                error.reason,
+                error.message + ("; the last valid spec stays in force" if spec else ""),
+            )
+            return
+        assert spec is not None
+        problem = self._identity_problem(spec)
+        if isinstance(problem, tuple):
+            self.wid_problems[key] = problem
+            await self._event(self._wid_ref(spec), "Warning", *problem)
+            return
+        self.wid_problems.pop(key, None)
+        if spec.mode is DeliveryMode.SHARED:
+            assert spec.secret_name is not None
+            context = TemplateContext(
+                namespace=namespace,
+                name=name,
+                service_account=spec.service_account,
+                trust_domain=problem.trust_domain,
+                pod_name=None,
+                pod_uid=None,
+                pod_labels=None,
+            )
+            target = LeafTarget(
+                key=("wid", namespace, name),
+                namespace=namespace,
+                secret_name=spec.secret_name,
+                owner=self._wid_ref(spec),
+                wid=spec,
+                domain=problem,
+                context=context,
+                jitter_key=f"{spec.uid}/{spec.secret_name}",
+            )
+            await self._converge_leaf(target, per_pod=False)
+        else:
+            for pod_name in list(self.pods_by_wid.get(key, ())):
+                self._schedule(("pod", namespace, pod_name))
+
+    async def _reconcile_pod(self, namespace: str, name: str) -> None:
+        pod = self.pods.get((namespace, name))
+        if pod is None or pod.deleting:
+            if pod is not None and pod.secret_name:
+                await self._revoke_orphan(namespace, pod.secret_name, pod.uid)
+            return
+        ns_info = self.namespaces.get(namespace)
+        if (
+            ns_info is None
+            or not ns_info.injection_enabled
+            or not pod.identity
+            or not pod.secret_name
+        ):
+            return  # not opted in, or not injected: never touched
+        key = ("pod", namespace, name)
+        spec = self.wids.get((namespace, pod.identity))
+        if spec is None or spec.mode is not DeliveryMode.PER_POD:
+            self.failures[key] = Failure(
+                "IdentityNotFound",
+                f"pod {namespace}/{name} names WorkloadIdentity {pod.identity}, which is not a PerPod identity",
+            )
+            return
+        if spec.pod_selector is None or not spec.pod_selector.matches(pod.labels):
+            self.failures[key] = Failure(
+                "NotSelected", f"{spec.where}: spec.podSelector no longer selects pod {name}"
+            )
+            return
+        problem = self._identity_problem(spec)
+        if isinstance(problem, tuple):
+            self.failures[key] = Failure(*problem)
+            self.dirty_status.add(("wid", namespace, spec.name))
+            return
+        context = TemplateContext(
+            namespace=namespace,
+            name=spec.name,
+            service_account=pod.service_account,
+            trust_domain=problem.trust_domain,
+            pod_name=pod.name,
+            pod_uid=pod.uid,
+            pod_labels=pod.labels,
+        )
+        target = LeafTarget(
+            key=key,
+            namespace=namespace,
+            secret_name=pod.secret_name,
+            owner=ObjectRef("v1", "Pod", pod.name, namespace, pod.uid),
+            wid=spec,
+            domain=problem,
+            context=context,
+            jitter_key=pod.uid,
+        )
+        await self._converge_leaf(target, per_pod=True)
+        self.dirty_status.add(("wid", namespace, spec.name))
+
+    def _desired_leaf(self, target: LeafTarget) -> DesiredLeaf:
+        spec = target.wid
+        path = render_spiffe_path(spec.spiffe_template, target.context)
+        dns = (
+            tuple(render_dns_names(spec.dns_templates, target.context))
+            if spec.dns_templates
+            else ()
+        )
+        active = target.domain.active()
+        assert active is not None
+        return DesiredLeaf(
+            spiffe_id=SpiffeID(target.domain.trust_domain, path),
+            dns_names=dns,
+            ttl=min(spec.ttl, ttl_cap(target.domain.spec.max_ttl, active.lifetime)),
+            key_algorithm=spec.key_algorithm,
+            usages=spec.usages,
+            renew_at=spec.renew_at,
+        )
+
+    def _ca_pem_for(self, spec: WorkloadIdentitySpec, runtime: DomainRuntime) -> bytes:
+        now = self.clock()
+        certs = list(runtime.anchors(now))
+        for other in spec.federates_with:
+            federated = self.domains.get(other)
+            if federated is not None:
+                certs.extend(federated.anchors(now))
+        return bundle_mod.anchors_to_pem(bundle_mod.filter_anchors(certs, now)).encode()
+
+    async def _converge_leaf(self, target: LeafTarget, *, per_pod: bool) -> None:
+        now = self.clock()
+        try:
+            desired = self._desired_leaf(target)
+        except PKIError as exc:
+            reason = "InvalidTemplate"
+            self.failures[target.key] = Failure(reason, f"{target.wid.where}: {exc}")
+            if not per_pod:
+                self.wid_problems[(target.wid.namespace, target.wid.name)] = (reason, str(exc))
+                await self._event(self._wid_ref(target.wid), "Warning", reason, str(exc))
+            return
+        observed = self.secrets.get((target.namespace, target.secret_name))
+        if observed is not None and not observed.owned_by(target.owner.uid):
+            self._report_conflict(target, per_pod=per_pod)
+            await self._conflict_event(target, per_pod=per_pod)
+            return
+        if not per_pod:
+            problem = self.wid_problems.get((target.wid.namespace, target.wid.name))
+            if problem is not None and problem[0] == "SecretConflict":
+                self.wid_problems.pop((target.wid.namespace, target.wid.name), None)
+        if observed is not None and observed.deleting:
+            self._schedule(target.key, now + timedelta(seconds=1))
+            return
+        facts: LeafFacts | None = observed.facts if observed is not None else None
+        if observed is not None and facts is None:
+            decision = RenewalDecision(
+                RenewalAction.renew,
+                RenewalReason.Tampered,
+                observed.facts_error or "unreadable",
+                now,
+            )
+        else:
+            assert target.domain.authorities is not None
+            decision = decide_renewal(
+                facts,
+                desired,
+                target.domain.authorities,
+                now,
+                jitter_key=target.jitter_key,
+                max_jitter_fraction=self.config.max_jitter_fraction,
+                expected_sha256=observed.recorded_sha256 if observed is not None else None,
+            )
+        ca_pem = self._ca_pem_for(target.wid, target.domain)
+        if decision.action is RenewalAction.wait:
+            assert observed is not None
+            if observed.ca_sha256 != hashlib.sha256(ca_pem).hexdigest():
+                await self._refresh_ca(target, ca_pem)
+            self._schedule(target.key, decision.at)
+            return
+        if observed is not None and decision.reason in (
+            RenewalReason.Tampered,
+            RenewalReason.KeyMismatch,
+        ):
+            delay = self._repair_backoff(target.key, now)
+            if delay is not None:
+                self.failures[target.key] = Failure(
+                    "SecretFight",
+                    f"Secret {target.namespace}/{target.secret_name} keeps being changed by something else; "
+                    f"repairing again in {delay:.0f}s",
+                )
+                self.metrics.errors.labels(reason="SecretFight").inc()
+                if not per_pod:
+                    await self._event(
+                        self._wid_ref(target.wid),
+                        "Warning",
+                        "SecretFight",
+                        self.failures[target.key].message,
+                    )
+                self._schedule(target.key, now + timedelta(seconds=delay))
+                return
+        await self._issue(target, desired, decision, observed, ca_pem, per_pod=per_pod)
+
+    def _report_conflict(self, target: LeafTarget, *, per_pod: bool) -> None:
+        message = (
+            f"Secret {target.namespace}/{target.secret_name} exists and was not created by "
+            f"trustwarden for {target.owner.kind} {target.owner.name}; it is left untouched. "
+            "Choose another secretName or delete that Secret"
+        )
+        self.failures[target.key] = Failure("SecretConflict", message)
+        if not per_pod:
+            self.wid_problems[(target.wid.namespace, target.wid.name)] = ("SecretConflict", message)
+        self.dirty_status.add(("wid", target.wid.namespace, target.wid.name))
+
+    async def _conflict_event(self, target: LeafTarget, *, per_pod: bool) -> None:
+        failure = self.failures[target.key]
+        await self._event(self._wid_ref(target.wid), "Warning", "SecretConflict", failure.message)
+
+    def _repair_backoff(self, key: Hashable, now: datetime) -> float | None:
+        history = self.repairs[key]
+        history.times = [t for t in history.times if now - t < REPAIR_WINDOW]
+        history.times.append(now)
+        excess = len(history.times) - REPAIRS_BEFORE_BACKOFF
+        if excess <= 0:
+            return None
+        return float(min(RETRY_MAX, 5 * 2**excess))
+
+    async def _issue(
+        self,
+        target: LeafTarget,
+        desired: DesiredLeaf,
+        decision: RenewalDecision,
+        observed: SecretInfo | None,
+        ca_pem: bytes,
+        *,
+        per_pod: bool,
+    ) -> None:
+        started = time.perf_counter()
+        authority = target.domain.active()
+        assert authority is not None
+        request = LeafRequest(
+            spiffe_id=desired.spiffe_id,
+            dns_names=desired.dns_names,
+            ttl=desired.ttl,
+            key_algorithm=desired.key_algorithm,
+            usages=desired.usages,
+        )
+        now = self.clock()
+        leaf = issue_leaf(authority, request, now)
+        owner = target.owner
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {
+                "name": target.secret_name,
+                "namespace": target.namespace,
+                "labels": {MANAGED_BY: MANAGER, IDENTITY_LABEL: target.wid.name},
+                "annotations": {
+                    **leaf.annotations(),
+                    "trustwarden.io/trust-domain": target.domain.trust_domain,
+                    "trustwarden.io/issuer": authority.sha256,
+                    "trustwarden.io/owner": target.wid.owner,
+                },
+                "ownerReferences": [
+                    {
+                        "apiVersion": owner.api_version,
+                        "kind": owner.kind,
+                        "name": owner.name,
+                        "uid": owner.uid,
+                        "controller": True,
+                        "blockOwnerDeletion": False,
+                    }
+                ],
+            },
+            "data": {k: _b64(v) for k, v in leaf.secret_data(ca_pem).items()},
+        }
+        if observed is None:
+            try:
+                written = await self.kube.create("Secret", target.namespace, body)
+            except ConflictError:
+                # A Secret by that name exists but is not in our (label-filtered) cache: it is
+                # not ours. Read it once to be sure, and never write it.
+                existing = await self.kube.get("Secret", target.namespace, target.secret_name)
+                if existing is not None and SecretInfo.from_body(
+                    existing, parse_leaf=False
+                ).owned_by(owner.uid):
+                    self.secrets[(target.namespace, target.secret_name)] = SecretInfo.from_body(
+                        existing
+                    )
+                    self._schedule(target.key)
+                    return
+                self._report_conflict(target, per_pod=per_pod)
+                await self._conflict_event(target, per_pod=per_pod)
+                self._schedule(target.key, now + timedelta(seconds=60))
+                return
+        else:
+            body["metadata"]["resourceVersion"] = str(observed.resource_version)
+            written = await self.kube.replace("Secret", target.namespace, target.secret_name, body)
+        self.secrets[(target.namespace, target.secret_name)] = SecretInfo.from_body(written)
+        self.metrics.issue_latency.observe(time.perf_counter() - started)
+        domain = target.domain.trust_domain
+        target.domain.issued += 1
+        mode = "PerPod" if per_pod else "Shared"
+        if decision.reason is RenewalReason.NotIssued:
+            self.metrics.issued.labels(trust_domain=domain, mode=mode).inc()
+        else:
+            self.metrics.renewed.labels(trust_domain=domain, reason=decision.reason.value).inc()
+        if not per_pod:
+            verb = "Issued" if decision.reason is RenewalReason.NotIssued else "Renewed"
+            await self._event(
+                self._wid_ref(target.wid),
+                "Normal",
+                verb,
+                f"{verb.lower()} {leaf.spiffe_id.uri} serial {leaf.serial_hex} into Secret "
+                f"{target.secret_name}, valid until {to_rfc3339(leaf.not_after)} ({decision.message})",
+            )
+        self.dirty_status.add(("td", "", target.domain.name))
+        facts = self.secrets[(target.namespace, target.secret_name)].facts
+        if facts is not None:
+            next_decision = decide_renewal(
+                facts,
+                desired,
+                target.domain.authorities,
+                now,
+                jitter_key=target.jitter_key,
+                max_jitter_fraction=self.config.max_jitter_fraction,
+            )
+            self._schedule(target.key, max(next_decision.at, now + timedelta(seconds=1)))
+
+    async def _refresh_ca(self, target: LeafTarget, ca_pem: bytes) -> None:
+        """The anchors changed (a prepared authority, federation): update ca.crt only."""
+        current = await self.kube.get("Secret", target.namespace, target.secret_name)
+        if current is None:
+            return
+        body = dict(current)
+        body["data"] = {**(current.get("data") or {}), "ca.crt": _b64(ca_pem)}
+        written = await self.kube.replace("Secret", target.namespace, target.secret_name, body)
+        self.secrets[(target.namespace, target.secret_name)] = SecretInfo.from_body(written)
+
+    # ------------------------------------------------------------------ revocation
+
+    def _domain_of(self, facts: LeafFacts) -> DomainRuntime | None:
+        if facts.spiffe_id is None:
+            return None
+        for runtime in self.domains.values():
+            if runtime.trust_domain == facts.spiffe_id.trust_domain and runtime.issues:
+                return runtime
+        return None
+
+    def _revoke_facts(self, facts: LeafFacts | None, reason: str) -> bool:
+        if facts is None:
+            return False
+        runtime = self._domain_of(facts)
+        if runtime is None:
+            return False
+        issuer = facts.issuer_sha256
+        if issuer is None and runtime.authorities is not None:
+            issuer = next(
+                (r.sha256 for r in runtime.authorities.records if facts.issued_by(r.authority)),
+                None,
+            )
+        if issuer is None:
+            return False
+        if runtime.revoke(facts.serial, issuer, facts.not_after, self.clock(), reason):
+            self.metrics.revoked.labels(trust_domain=runtime.trust_domain, reason=reason).inc()
+            self.dirty_revocations.add(runtime.name)
+            self._mark_domain_bundles(runtime)
+            self.dirty_status.add(("td", "", runtime.name))
+            return True
+        return False
+
+    async def _revoke_orphan(self, namespace: str, secret_name: str, owner_uid: str) -> None:
+        """A pod is gone: revoke its serial and delete its Secret now, not at GC time."""
+        observed = self.secrets.get((namespace, secret_name))
+        if observed is None or not observed.owned_by(owner_uid):
+            return
+        self._revoke_facts(observed.facts, "PodDeleted")
+        with contextlib.suppress(NotFoundError):
+            await self.kube.delete("Secret", namespace, secret_name, uid=observed.uid)
+        self.secrets.pop((namespace, secret_name), None)
+
+    async def _revoke_identity_secrets(
+        self, namespace: str, name: str, spec: WorkloadIdentitySpec | None
+    ) -> None:
+        for (ns, secret_name), info in list(self.secrets.items()):
+            if ns != namespace or not info.managed or info.identity != name:
+                continue
+            if self._revoke_facts(info.facts, "IdentityDeleted"):
+                log.info("revoked %s/%s: WorkloadIdentity %s deleted", ns, secret_name, name)
+            with contextlib.suppress(NotFoundError):
+                await self.kube.delete("Secret", ns, secret_name, uid=info.uid)
+            self.secrets.pop((ns, secret_name), None)
+
+    def _catch_up_orphans(self) -> None:
+        """After a restart: Secrets whose pod was deleted while we were down get revoked."""
+        live_uids = {pod.uid for pod in self.pods.values()}
+        wid_uids = {spec.uid for spec in self.wids.values()}
+        for (ns, name), info in self.secrets.items():
+            if not info.managed or ns == self.config.operator_namespace:
+                continue
+            owners = set(info.owner_uids)
+            if owners and not owners & (live_uids | wid_uids):
+                for uid in owners:
+                    self.scheduler.schedule(("gone", ns, name, uid))
+
+    # ------------------------------------------------------------------ flushing
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.flush_interval)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("flush failed; retrying")
+
+    async def flush(self) -> None:
+        for name in list(self.dirty_revocations):
+            runtime = self.domains.get(name)
+            self.dirty_revocations.discard(name)
+            if runtime is not None:
+                await self._write_revocations(runtime)
+        pending = list(self.dirty_bundles)
+        self.dirty_bundles.clear()
+        for namespace in pending:
+            try:
+                await self._sync_bundle(namespace)
+            except ConflictError:
+                self.dirty_bundles.add(namespace)
+            except Exception as exc:
+                self.dirty_bundles.add(namespace)
+                log.warning("bundle for namespace %s not written: %s", namespace, exc)
+
+    async def _write_revocations(self, runtime: DomainRuntime) -> None:
+        opns = self.config.operator_namespace
+        name = revocations_name(runtime.name)
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "namespace": opns,
+                "labels": {MANAGED_BY: MANAGER, "trustwarden.io/role": "revocations"},
+                "annotations": {"trustwarden.io/trust-domain": runtime.trust_domain},
+            },
+            "data": {"revoked.json": runtime.revocations_json()},
+        }
+        if runtime.revocations_exist:
+            await self.kube.replace("ConfigMap", opns, name, body)
+        else:
+            try:
+                await self.kube.create("ConfigMap", opns, body)
+            except ConflictError:
+                await self.kube.replace("ConfigMap", opns, name, body)
+            runtime.revocations_exist = True
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.status_interval)
+            try:
+                await self.flush_status()
+            except Exception:
+                log.exception("status flush failed; retrying")
+
+    async def flush_status(self) -> None:
+        pending = list(self.dirty_status)
+        self.dirty_status.clear()
+        for status_key in pending:
+            kind, namespace, name = status_key
+            try:
+                if kind == "td":
+                    status = self._domain_status(name)
+                else:
+                    status = self._identity_status(namespace, name)
+                if status is None or self.last_status.get(status_key) == status:
+                    continue
+                await self.kube.patch_status(
+                    "TrustDomain" if kind == "td" else "WorkloadIdentity",
+                    namespace or None,
+                    name,
+                    status,
+                )
+                self.last_status[status_key] = status
+            except NotFoundError:
+                self.last_status.pop(status_key, None)
+            except Exception as exc:
+                self.dirty_status.add(status_key)
+                log.warning("status of %s %s/%s not written: %s", kind, namespace, name, exc)
+
+    def _set_condition(
+        self, status_key: tuple[str, str, str], type_: str, ok: bool, reason: str, message: str
+    ) -> None:
+        conditions = self.conditions.setdefault(status_key, {})
+        current = conditions.get(type_)
+        value = "True" if ok else "False"
+        if current is None or current["status"] != value:
+            transition = to_rfc3339(self.clock())
+        else:
+            transition = current["lastTransitionTime"]
+        conditions[type_] = {
+            "type": type_,
+            "status": value,
+            "reason": reason,
+            "message": message[:32000],
+            "lastTransitionTime": transition,
+        }
+
+    def _conditions_list(
+        self, status_key: tuple[str, str, str], generation: int
+    ) -> list[dict[str, Any]]:
+        return [
+            {**c, "observedGeneration": generation}
+            for _, c in sorted(self.conditions.get(status_key, {}).items())
+        ]
+
+    def _domain_status(self, name: str) -> dict[str, Any] | None:
+        body = self.td_bodies.get(name)
+        runtime = self.domains.get(name)
+        if body is None:
+            return None
+        generation = int((body.get("metadata") or {}).get("generation") or 0)
+        status_key = ("td", "", name)
+        status: dict[str, Any] = {"observedGeneration": generation}
+        if runtime is not None:
+            namespaces = [ns for ns in self.namespaces if runtime in self._entitled_domains(ns)]
+            published = [
+                ns
+                for ns in namespaces
+                if ns not in self.dirty_bundles
+                and ns not in self.bundle_conflicts
+                and ns in self.bundles
+            ]
+            conflicts = sorted(set(namespaces) & self.bundle_conflicts)
+            self._set_condition(
+                status_key, "CAReady", runtime.ca_ready, runtime.ca_reason, runtime.ca_message
+            )
+            if conflicts:
+                self._set_condition(
+                    status_key,
+                    "BundlesPublished",
+                    False,
+                    "BundleConflict",
+                    f"ConfigMap {BUNDLE_CONFIGMAP} in namespace(s) {', '.join(conflicts[:5])} was not created by trustwarden; it is left untouched",
+                )
+            else:
+                complete = len(published) == len(namespaces)
+                self._set_condition(
+                    status_key,
+                    "BundlesPublished",
+                    complete,
+                    "Published" if complete else "Publishing",
+                    f"{len(published)}/{len(namespaces)} namespace bundles hold this domain's anchors",
+                )
+            try:
+                TrustDomainSpec.from_body(body)
+                spec_ok = True
+            except SpecError:
+                spec_ok = False
+            if spec_ok:
+                self._set_condition(
+                    status_key,
+                    "Ready",
+                    runtime.ca_ready,
+                    "Ready" if runtime.ca_ready else runtime.ca_reason,
+                    runtime.ca_message,
+                )
+            status["namespaces"] = len(namespaces)
+            status["issued"] = runtime.issued
+            status["revoked"] = len(runtime.revocations)
+            if runtime.authorities is not None:
+                status["authorities"] = [
+                    {
+                        k: v
+                        for k, v in rotation.record_to_dict(r).items()
+                        if k in _AUTHORITY_STATUS_KEYS
+                    }
+                    for r in runtime.authorities.records
+                ]
+                live = [
+                    r
+                    for r in runtime.authorities.records
+                    if r.state is not rotation.AuthorityState.Retired
+                ]
+                if live:
+                    status["soonestExpiry"] = to_rfc3339(min(r.authority.not_after for r in live))
+            elif runtime.external_anchors:
+                status["soonestExpiry"] = to_rfc3339(
+                    min(c.not_valid_after_utc for c in runtime.external_anchors)
+                )
+        status["conditions"] = self._conditions_list(status_key, generation)
+        return status
+
+    def _identity_status(self, namespace: str, name: str) -> dict[str, Any] | None:
+        key = (namespace, name)
+        body = self.wid_bodies.get(key)
+        spec = self.wids.get(key)
+        if body is None:
+            return None
+        generation = int((body.get("metadata") or {}).get("generation") or 0)
+        status_key = ("wid", namespace, name)
+        status: dict[str, Any] = {"observedGeneration": generation}
+        problem = self.wid_problems.get(key)
+        selected = issued = failed = 0
+        soonest: datetime | None = None
+        next_renewal: datetime | None = None
+        first_failure: Failure | None = None
+        now = self.clock()
+        targets: list[tuple[Hashable, str | None]] = []
+        if spec is not None and spec.mode is DeliveryMode.SHARED:
+            targets.append((("wid", namespace, name), spec.secret_name))
+            status["secretName"] = spec.secret_name
+        elif spec is not None:
+            for pod_name in self.pods_by_wid.get(key, ()):
+                pod = self.pods.get((namespace, pod_name))
+                if pod is None or pod.deleting:
+                    continue
+                targets.append((("pod", namespace, pod_name), pod.secret_name))
+        for work_key, secret_name in targets:
+            selected += 1
+            info = self.secrets.get((namespace, secret_name or ""))
+            facts = info.facts if info is not None else None
+            failure = self.failures.get(work_key)
+            if failure is not None:
+                failed += 1
+                first_failure = first_failure or failure
+            if facts is not None and facts.not_after > now:
+                issued += 1
+                soonest = facts.not_after if soonest is None else min(soonest, facts.not_after)
+                if (
+                    spec is not None
+                    and spec.mode is DeliveryMode.SHARED
+                    and facts.spiffe_id is not None
+                ):
+                    status["spiffeID"] = facts.spiffe_id.uri
+                    status["serial"] = facts.serial_hex
+            deadline = self.scheduler.deadline_of(work_key)
+            if deadline is not None:
+                next_renewal = deadline if next_renewal is None else min(next_renewal, deadline)
+        status.update({"selectedPods": selected, "issued": issued, "failed": failed})
+        if soonest is not None:
+            status["soonestExpiry"] = to_rfc3339(soonest)
+            self.metrics.soonest_expiry.labels(namespace=namespace, identity=name).set(
+                soonest.timestamp()
+            )
+        if next_renewal is not None:
+            status["nextRenewal"] = to_rfc3339(next_renewal)
+        if problem is not None:
+            reason, message = problem
+            self._set_condition(status_key, "Ready", False, reason, message)
+            self._set_condition(status_key, "Degraded", True, reason, message)
+        elif first_failure is not None:
+            message = (
+                f"{failed} of {selected} certificate(s) failing; first: {first_failure.message}"
+            )
+            self._set_condition(status_key, "Ready", False, first_failure.reason, message)
+            self._set_condition(status_key, "Degraded", True, first_failure.reason, message)
+        elif issued < selected:
+            message = f"{issued} of {selected} selected workload(s) hold a valid certificate"
+            self._set_condition(status_key, "Ready", False, "Issuing", message)
+            self._set_condition(status_key, "Degraded", False, "Issuing", message)
+        else:
+            message = (
+                f"{issued} certificate(s) valid"
+                if selected
+                else "no pod is selected yet; certificates are issued when pods are created"
+            )
+            self._set_condition(status_key, "Ready", True, "Ready", message)
+            self._set_condition(status_key, "Degraded", False, "Ready", message)
+        status["conditions"] = self._conditions_list(status_key, generation)
+        return status
+
+    # ------------------------------------------------------------------ events
+
+    async def _event(self, ref: ObjectRef, type_: str, reason: str, message: str) -> None:
+        dedup = (f"{ref.kind}/{ref.namespace}/{ref.name}", reason, message)
+        now = time.monotonic()
+        last = self.recent_events.get(dedup)
+        if last is not None and now - last < EVENT_DEDUP_SECONDS:
+            return
+        self.recent_events[dedup] = now
+        if len(self.recent_events) > 10_000:
+            cutoff = now - EVENT_DEDUP_SECONDS
+            self.recent_events = {k: v for k, v in self.recent_events.items() if v > cutoff}
+        try:
+            await self.kube.emit_event(ref, type_, reason, message[:1024])
+        except Exception as exc:  # events are best effort
+            log.debug("event %s on %s not posted: %s", reason, ref, exc)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-able view for debugging and tests (no key material)."""
+        return {
+            "domains": sorted(self.domains),
+            "identities": len(self.wids),
+            "pods": len(self.pods),
+            "secrets": len(self.secrets),
+            "queue": len(self.scheduler),
+            "failures": {str(k): v.message for k, v in list(self.failures.items())[:20]},
+        }
+
+
+_AUTHORITY_STATUS_KEYS = {"serial", "sha256", "notBefore", "notAfter", "state"}
+
+
+class _CAError(PKIError):
+    """A CA source problem reported on the TrustDomain."""
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)

@@ -1,0 +1,180 @@
+"""What the operator has seen of the cluster, reduced to the few fields it decides on.
+
+Kept small on purpose: 10,000 pods and Secrets must fit in a few tens of MiB.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from trustwarden.pki.errors import PKIError
+from trustwarden.pki.issue import LeafFacts, inspect_leaf
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "trustwarden"
+ANNOTATION_PREFIX = "trustwarden.io/"
+IDENTITY_LABEL = "trustwarden.io/identity"
+SECRET_ANNOTATION = "trustwarden.io/secret"
+INJECT_LABEL = "trustwarden.io/inject"
+SVID_VOLUME = "trustwarden-svid"
+BUNDLE_CONFIGMAP = "trustwarden-bundle"
+CONTENT_HASH_ANNOTATION = "trustwarden.io/content-hash"
+
+
+def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    return body.get("metadata") or {}
+
+
+def resource_version(body: Mapping[str, Any]) -> int:
+    try:
+        return int(_meta(body).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True)
+class NamespaceInfo:
+    name: str
+    labels: Mapping[str, str]
+    terminating: bool
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> NamespaceInfo:
+        meta = _meta(body)
+        return cls(
+            name=str(meta.get("name")),
+            labels=dict(meta.get("labels") or {}),
+            terminating=bool(meta.get("deletionTimestamp")),
+        )
+
+    @property
+    def injection_enabled(self) -> bool:
+        return self.labels.get(INJECT_LABEL) == "enabled"
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    namespace: str
+    name: str
+    uid: str
+    labels: Mapping[str, str]
+    service_account: str
+    identity: str | None
+    secret_name: str | None  # from the injected volume: immutable after creation
+    deleting: bool
+    resource_version: int
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> PodInfo:
+        meta = _meta(body)
+        spec = body.get("spec") or {}
+        labels = dict(meta.get("labels") or {})
+        secret_name = None
+        for volume in spec.get("volumes") or ():
+            if volume.get("name") == SVID_VOLUME:
+                secret_name = (volume.get("secret") or {}).get("secretName")
+        return cls(
+            namespace=str(meta.get("namespace")),
+            name=str(meta.get("name")),
+            uid=str(meta.get("uid")),
+            labels=labels,
+            service_account=str(spec.get("serviceAccountName") or "default"),
+            identity=labels.get(IDENTITY_LABEL),
+            secret_name=secret_name,
+            deleting=bool(meta.get("deletionTimestamp")),
+            resource_version=resource_version(body),
+        )
+
+
+@dataclass(frozen=True)
+class SecretInfo:
+    namespace: str
+    name: str
+    uid: str
+    managed: bool
+    owner_uids: tuple[str, ...]
+    identity: str | None
+    facts: LeafFacts | None = field(repr=False)
+    facts_error: str | None
+    ca_sha256: str
+    data_sha256: str  # of every data key, to notice any edit of a Secret we own
+    recorded_sha256: str | None  # the leaf fingerprint trustwarden annotated when it wrote it
+    deleting: bool
+    resource_version: int
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], *, parse_leaf: bool = True) -> SecretInfo:
+        meta = _meta(body)
+        labels = meta.get("labels") or {}
+        data = body.get("data") or {}
+        facts: LeafFacts | None = None
+        error: str | None = None
+        if parse_leaf:
+            try:
+                chain = _b64(data.get("tls.crt"))
+                key = _b64(data.get("tls.key"))
+                if chain:
+                    facts = inspect_leaf(chain, key or None)
+                else:
+                    error = "tls.crt is missing"
+            except (PKIError, ValueError, binascii.Error) as exc:
+                error = f"unreadable certificate: {exc}"
+        digest = hashlib.sha256()
+        for key_name in sorted(data):
+            digest.update(f"{key_name}\0{data[key_name]}\0".encode())
+        try:
+            ca_sha = hashlib.sha256(_b64(data.get("ca.crt"))).hexdigest()
+        except (ValueError, binascii.Error):
+            ca_sha = ""
+        return cls(
+            namespace=str(meta.get("namespace")),
+            name=str(meta.get("name")),
+            uid=str(meta.get("uid")),
+            managed=labels.get(MANAGED_BY) == MANAGER,
+            owner_uids=tuple(str(o.get("uid")) for o in meta.get("ownerReferences") or ()),
+            identity=labels.get(IDENTITY_LABEL),
+            facts=facts,
+            facts_error=error,
+            ca_sha256=ca_sha,
+            data_sha256=digest.hexdigest(),
+            recorded_sha256=(meta.get("annotations") or {}).get("trustwarden.io/sha256"),
+            deleting=bool(meta.get("deletionTimestamp")),
+            resource_version=resource_version(body),
+        )
+
+    def owned_by(self, uid: str) -> bool:
+        return self.managed and uid in self.owner_uids
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    namespace: str
+    uid: str
+    managed: bool
+    content_hash: str  # of the data as it is now, not as annotated: edits are noticed
+    resource_version: int
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> BundleInfo:
+        from trustwarden.pki.bundle import content_hash
+
+        meta = _meta(body)
+        data = {str(k): str(v) for k, v in (body.get("data") or {}).items()}
+        return cls(
+            namespace=str(meta.get("namespace")),
+            uid=str(meta.get("uid")),
+            managed=(meta.get("labels") or {}).get(MANAGED_BY) == MANAGER,
+            content_hash=content_hash(data),
+            resource_version=resource_version(body),
+        )
+
+
+def _b64(value: Any) -> bytes:
+    if not value:
+        return b""
+    return base64.b64decode(str(value), validate=True)

@@ -1,0 +1,47 @@
+"""The small ports the reconcile layer talks through; trustwarden.k8s implements them.
+
+Bodies are plain dicts in Kubernetes' JSON shape, so tests fake these with a few lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+Body = Mapping[str, Any]
+
+
+class ConflictError(Exception):
+    """A write lost an optimistic-concurrency race (HTTP 409); re-read and try again."""
+
+
+class NotFoundError(Exception):
+    """The object does not exist (HTTP 404)."""
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    api_version: str
+    kind: str
+    name: str
+    namespace: str | None
+    uid: str
+
+
+class KubePort(Protocol):
+    async def get(self, kind: str, namespace: str | None, name: str) -> Body | None: ...
+
+    async def create(self, kind: str, namespace: str, body: Body) -> Body: ...
+
+    async def replace(self, kind: str, namespace: str, name: str, body: Body) -> Body: ...
+
+    async def delete(
+        self, kind: str, namespace: str, name: str, *, uid: str | None = None
+    ) -> bool: ...
+
+    async def patch_status(
+        self, kind: str, namespace: str | None, name: str, status: Body
+    ) -> None: ...
+
+    async def emit_event(self, ref: ObjectRef, type_: str, reason: str, message: str) -> None: ...
