@@ -240,7 +240,6 @@ def test_short_ttl_renews_within_the_jitter_bound(
     first = wait_secret(cluster, namespace, "api-svid")
     first_leaf = leaf_of(first["tls.crt"])
     issued_at = first_leaf.not_valid_after_utc - timedelta(minutes=10)
-    # Renew point: 10% of 10m = 1m after issuance, minus up to 10% of the lifetime of jitter.
     renewed = wait_for(
         lambda: (
             (d := secret_data(cluster, namespace, "api-svid"))
@@ -252,7 +251,8 @@ def test_short_ttl_renews_within_the_jitter_bound(
     )
     second_leaf = leaf_of(renewed["tls.crt"])
     renewed_at = second_leaf.not_valid_after_utc - timedelta(minutes=10)
-    assert timedelta(0) <= renewed_at - issued_at <= timedelta(minutes=1, seconds=30)
+    # 10% of 10m is 60s after issuance; the jitter brings it forward by at most half of that.
+    assert timedelta(seconds=25) <= renewed_at - issued_at <= timedelta(seconds=75)
 
 
 def test_spec_change_tampering_and_deletion_are_repaired(

@@ -25,6 +25,7 @@ from trustwarden.pki import (
     jitter_fraction,
     renew_point,
 )
+from trustwarden.pki.issue import DEFAULT_BACKDATE
 
 KEY = cached_key(KeyAlgorithm.ECDSAP256)
 SID = SpiffeID(TD, "/ns/payments/sa/payments")
@@ -68,8 +69,9 @@ def test_up_to_date_waits_until_renew_point() -> None:
     point = renew_point(facts, 0.5, "uid-1")
     assert d.at == point
     assert "is up to date; renewing at" in d.message
-    lifetime = leaf.not_after - leaf.not_before
-    assert leaf.not_before + lifetime * 0.4 <= point <= leaf.not_before + lifetime * 0.5
+    issued = leaf.not_before + DEFAULT_BACKDATE
+    usable = leaf.not_after - issued
+    assert issued + usable * 0.4 <= point <= issued + usable * 0.5
     later = decide_renewal(facts, desired(), cached_ca(), point, jitter_key="uid-1")
     assert later.action is RenewalAction.renew and later.reason is RenewalReason.RenewPointReached
     assert "reached its renew point" in later.message and "renewAt 50%" in later.message
@@ -253,16 +255,18 @@ def test_decision_properties(
         facts, want, cached_ca(), now, jitter_key=jitter_key, max_jitter_fraction=max_jitter
     )
     point = renew_point(facts, renew_at, jitter_key, max_jitter)
+    issued = min(facts.not_before + DEFAULT_BACKDATE, facts.not_after)
+    usable = facts.not_after - issued
     # Deterministic: same inputs, same answer.
     assert d == decide_renewal(
         facts, want, cached_ca(), now, jitter_key=jitter_key, max_jitter_fraction=max_jitter
     )
-    # The renew point is bounded by the jitter window and never before notBefore.
-    nominal = facts.not_before + lifetime * renew_at
-    assert (
-        max(facts.not_before, nominal - lifetime * max_jitter) - timedelta(microseconds=2) <= point
-    )
-    assert point <= nominal
+    # The renew point lies in the jitter window, measured from issuance (not the back-dated
+    # notBefore), and the jitter never takes more than half of renewAt.
+    nominal = issued + usable * renew_at
+    window = usable * min(max_jitter, renew_at / 2)
+    assert nominal - window - timedelta(microseconds=2) <= point <= nominal
+    assert point >= issued + usable * (renew_at / 2) - timedelta(microseconds=2)
     # A scheduled `at` is never after notAfter; actions are due now.
     if d.action is RenewalAction.wait:
         assert d.at == point and now < point
@@ -276,3 +280,13 @@ def test_decision_properties(
         assert d.reason is RenewalReason.RenewPointReached
     else:
         assert d.reason is RenewalReason.UpToDate
+
+
+def test_short_ttl_with_early_renew_at_is_not_due_at_issuance() -> None:
+    """10m TTL, renewAt 10%: the back-dated notBefore must not pull the renew point before
+    issuance (that re-issued every second before this was fixed)."""
+    _leaf, facts = fresh(when=NOW, ttl=timedelta(minutes=10))
+    want = desired(ttl=timedelta(minutes=10), renew_at=0.1)
+    decision = decide_renewal(facts, want, cached_ca(), NOW, jitter_key="pod-uid")
+    assert decision.action is RenewalAction.wait
+    assert timedelta(seconds=30) <= decision.at - NOW <= timedelta(seconds=60)

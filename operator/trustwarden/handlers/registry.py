@@ -16,6 +16,7 @@ import kopf
 
 from trustwarden.handlers.services import Services
 from trustwarden.reconcile.injection import InjectionRejected, plan_injection
+from trustwarden.reconcile.ledger import LEDGER_PREFIX
 from trustwarden.reconcile.observed import BUNDLE_CONFIGMAP
 
 GROUP, VERSION = "trustwarden.io", "v1alpha1"
@@ -60,9 +61,14 @@ def build_registry() -> kopf.OperatorRegistry:
         _services(memo).engine.observe_secret(body)
 
     @kopf.index("v1", "configmaps", registry=registry)
-    async def index_configmaps(body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> None:
+    async def index_configmaps(
+        body: kopf.Body, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
+    ) -> None:
+        services = _services(memo)
         if name == BUNDLE_CONFIGMAP:
-            _services(memo).engine.observe_bundle(body)
+            services.engine.observe_bundle(body)
+        elif namespace == services.config.operator_namespace and name.startswith(LEDGER_PREFIX):
+            services.engine.observe_ledger(body)
 
     # --- changes and deletions ---
 

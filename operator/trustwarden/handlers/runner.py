@@ -125,7 +125,7 @@ async def _ensure_namespace(api: client.ApiClient, name: str) -> None:
 
 async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None) -> None:
     api = load_api_client(config.kubeconfig, config.context)
-    gateway = KubeGateway(api, instance=config.identity)
+    gateway = KubeGateway(api, instance=config.identity, event_namespace=config.operator_namespace)
     metrics = Metrics()
     engine = Engine(
         gateway,

@@ -54,13 +54,20 @@ def load_api_client(
 
 class KubeGateway:
     def __init__(
-        self, api: client.ApiClient, *, workers: int = 16, instance: str = "trustwarden"
+        self,
+        api: client.ApiClient,
+        *,
+        workers: int = 16,
+        instance: str = "trustwarden",
+        event_namespace: str = "trustwarden-system",
     ) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.events = client.EventsV1Api(api)
         self.instance = instance
+        # Events about cluster-scoped objects (TrustDomains) go to the operator namespace.
+        self.event_namespace = event_namespace
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="k8s")
 
     def close(self) -> None:
@@ -203,7 +210,7 @@ class KubeGateway:
 
     async def emit_event(self, ref: ObjectRef, type_: str, reason: str, message: str) -> None:
         now = datetime.now(UTC)
-        namespace = ref.namespace or "default"
+        namespace = ref.namespace or self.event_namespace
         body = {
             "apiVersion": "events.k8s.io/v1",
             "kind": "Event",

@@ -134,18 +134,29 @@ def renew_point(
     renew_at: float,
     jitter_key: str,
     max_jitter_fraction: float = DEFAULT_MAX_JITTER_FRACTION,
+    *,
+    backdate: timedelta = DEFAULT_BACKDATE,
 ) -> datetime:
-    """notBefore + renew_at x lifetime, minus a deterministic jitter in
-    [0, max_jitter_fraction x lifetime], never before notBefore."""
+    """When to renew: ``renew_at`` of the usable lifetime, minus a deterministic jitter.
+
+    The usable lifetime runs from issuance to notAfter. notBefore is back-dated by
+    ``backdate`` for clock skew, so issuance is taken as notBefore + backdate (never past
+    notAfter); measuring from notBefore instead would put the renew point of a short, early
+    renewing certificate before its own issuance and re-issue it in a loop.
+
+    The jitter is in [0, min(max_jitter_fraction, renew_at / 2) x usable lifetime], derived
+    from ``jitter_key`` so a restart does not reshuffle it, and bounded by half of
+    ``renew_at`` so a certificate is never due the moment it is issued."""
     if not 0 <= max_jitter_fraction <= 1:
         raise InvalidArgumentError(
             f"max_jitter_fraction must be between 0 and 1, got {max_jitter_fraction}"
         )
     if not 0 < renew_at < 1:
         raise InvalidArgumentError(f"renew_at must be strictly between 0 and 1, got {renew_at}")
-    lifetime = facts.not_after - facts.not_before
-    jitter = lifetime * (max_jitter_fraction * jitter_fraction(jitter_key))
-    return max(facts.not_before, facts.not_before + lifetime * renew_at - jitter)
+    start = min(facts.not_before + max(backdate, timedelta(0)), facts.not_after)
+    usable = facts.not_after - start
+    jitter = usable * (min(max_jitter_fraction, renew_at / 2) * jitter_fraction(jitter_key))
+    return max(start, start + usable * renew_at - jitter)
 
 
 @dataclass(frozen=True)
@@ -335,7 +346,9 @@ def decide_renewal(
         active, known = issuer, (issuer,)
     else:
         active, known, active_sha256 = None, (), issuer
-    point = renew_point(facts, desired.renew_at, jitter_key, max_jitter_fraction)
+    point = renew_point(
+        facts, desired.renew_at, jitter_key, max_jitter_fraction, backdate=desired.backdate
+    )
     context = _Context(facts, desired, active, active_sha256, known, now, expected_sha256, point)
     for check in CHECKS:
         verdict = check(context)

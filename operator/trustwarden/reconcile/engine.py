@@ -21,6 +21,7 @@ import json
 import logging
 import random
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -49,6 +50,7 @@ from trustwarden.pki.renewal import (
     RenewalDecision,
     RenewalReason,
     decide_renewal,
+    renew_point,
 )
 from trustwarden.pki.spiffe import SpiffeID, TemplateContext, render_dns_names, render_spiffe_path
 from trustwarden.reconcile.domains import (
@@ -58,6 +60,7 @@ from trustwarden.reconcile.domains import (
     encode_authorities,
     revocations_name,
 )
+from trustwarden.reconcile.ledger import LEDGER_KEY, LEDGER_PREFIX, Ledger, LedgerEntry, ledger_name
 from trustwarden.reconcile.model import (
     CAKind,
     DeliveryMode,
@@ -71,6 +74,7 @@ from trustwarden.reconcile.observed import (
     IDENTITY_LABEL,
     MANAGED_BY,
     MANAGER,
+    RENEW_AT_ANNOTATION,
     BundleInfo,
     NamespaceInfo,
     PodInfo,
@@ -173,6 +177,7 @@ class Engine:
         self.conditions: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
         self.recent_events: dict[tuple[str, str, str], float] = {}
         self.bundle_conflicts: set[str] = set()
+        self.ledger = Ledger()
         self.started = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -189,7 +194,7 @@ class Engine:
             self.scheduler.schedule(("wid", ns, name))
         for ns, name in self.pods:
             self.scheduler.schedule(("pod", ns, name))
-        self._catch_up_orphans()
+        self.scheduler.schedule(("catchup",))
         self.dirty_bundles.update(self.namespaces)
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -317,6 +322,17 @@ class Engine:
             if pod is not None and pod.secret_name == info.name:
                 self._schedule(("pod", info.namespace, pod_name))
 
+    def observe_ledger(self, body: Mapping[str, Any]) -> None:
+        """Ledgers are read once, from the initial listing; afterwards we are the only writer."""
+        if self.started:
+            return
+        name = str((body.get("metadata") or {}).get("name"))
+        namespace = name.removeprefix(LEDGER_PREFIX)
+        try:
+            self.ledger.load(namespace, str((body.get("binaryData") or {}).get(LEDGER_KEY) or ""))
+        except (ValueError, zlib.error) as exc:
+            log.warning("ledger %s is unreadable and is rebuilt from live Secrets: %s", name, exc)
+
     def observe_bundle(self, body: Mapping[str, Any]) -> None:
         info = BundleInfo.from_body(body)
         previous = self.bundles.get(info.namespace)
@@ -342,6 +358,8 @@ class Engine:
                 await self._reconcile_pod(key[1], key[2])
             elif kind == "gone":
                 await self._revoke_orphan(key[1], key[2], key[3])
+            elif kind == "catchup":
+                await self._catch_up()
             self.failures.pop(key, None)
         except ConflictError:
             self.scheduler.schedule(key, self.clock() + timedelta(seconds=0.2 + random.random()))  # noqa: S311
@@ -1109,6 +1127,24 @@ class Engine:
             self._schedule(target.key, now + timedelta(seconds=1))
             return
         facts: LeafFacts | None = observed.facts if observed is not None else None
+        if observed is not None and observed.revoke_request is not None:
+            # Emergency revocation requested (trustwarden revoke): the serial goes into the CRL
+            # now, and the workload gets a fresh key and certificate in the same Secret.
+            reason = observed.revoke_request[:256] or "requested"
+            if self._revoke_facts(facts, "Emergency"):
+                await self._event(
+                    self._wid_ref(target.wid),
+                    "Warning",
+                    "Revoked",
+                    f"serial {facts.serial_hex if facts else '?'} in Secret {target.namespace}/"
+                    f"{target.secret_name} revoked on request: {reason}; issuing a replacement",
+                )
+            decision = RenewalDecision(
+                RenewalAction.renew, RenewalReason.Tampered, f"revoked: {reason}", now
+            )
+            ca_pem = self._ca_pem_for(target.wid, target.domain)
+            await self._issue(target, desired, decision, observed, ca_pem, per_pod=per_pod)
+            return
         if observed is not None and facts is None:
             decision = RenewalDecision(
                 RenewalAction.renew,
@@ -1203,6 +1239,13 @@ class Engine:
         )
         now = self.clock()
         leaf = issue_leaf(authority, request, now)
+        renew_at = renew_point(
+            leaf,
+            desired.renew_at,
+            target.jitter_key,
+            self.config.max_jitter_fraction,
+            backdate=desired.backdate,
+        )
         owner = target.owner
         body: dict[str, Any] = {
             "apiVersion": "v1",
@@ -1217,6 +1260,7 @@ class Engine:
                     "trustwarden.io/trust-domain": target.domain.trust_domain,
                     "trustwarden.io/issuer": authority.sha256,
                     "trustwarden.io/owner": target.wid.owner,
+                    RENEW_AT_ANNOTATION: to_rfc3339(renew_at),
                 },
                 "ownerReferences": [
                     {
@@ -1254,6 +1298,12 @@ class Engine:
             body["metadata"]["resourceVersion"] = str(observed.resource_version)
             written = await self.kube.replace("Secret", target.namespace, target.secret_name, body)
         self.secrets[(target.namespace, target.secret_name)] = SecretInfo.from_body(written)
+        self.ledger.record(
+            target.namespace,
+            LedgerEntry(
+                leaf.serial, owner.uid, leaf.not_after, target.domain.name, authority.sha256
+            ),
+        )
         self.metrics.issue_latency.observe(time.perf_counter() - started)
         domain = target.domain.trust_domain
         target.domain.issued += 1
@@ -1304,6 +1354,17 @@ class Engine:
                 return runtime
         return None
 
+    def _revoke(
+        self, runtime: DomainRuntime, serial: int, issuer: str, not_after: datetime, reason: str
+    ) -> bool:
+        if runtime.revoke(serial, issuer, not_after, self.clock(), reason):
+            self.metrics.revoked.labels(trust_domain=runtime.trust_domain, reason=reason).inc()
+            self.dirty_revocations.add(runtime.name)
+            self._mark_domain_bundles(runtime)
+            self.dirty_status.add(("td", "", runtime.name))
+            return True
+        return False
+
     def _revoke_facts(self, facts: LeafFacts | None, reason: str) -> bool:
         if facts is None:
             return False
@@ -1318,23 +1379,36 @@ class Engine:
             )
         if issuer is None:
             return False
-        if runtime.revoke(facts.serial, issuer, facts.not_after, self.clock(), reason):
-            self.metrics.revoked.labels(trust_domain=runtime.trust_domain, reason=reason).inc()
-            self.dirty_revocations.add(runtime.name)
-            self._mark_domain_bundles(runtime)
-            self.dirty_status.add(("td", "", runtime.name))
-            return True
-        return False
+        return self._revoke(runtime, facts.serial, issuer, facts.not_after, reason)
+
+    def _revoke_owner(self, namespace: str, owner_uid: str, reason: str) -> int:
+        """Revoke every ledger serial of a dead owner: current and superseded ones alike."""
+        revoked = []
+        for entry in self.ledger.owned_by(namespace, owner_uid):
+            runtime = self.domains.get(entry.domain)
+            if runtime is not None:
+                self._revoke(runtime, entry.serial, entry.issuer_sha256, entry.not_after, reason)
+            revoked.append(entry.serial)
+        self.ledger.forget(namespace, revoked)
+        return len(revoked)
+
+    def _domains_loaded(self) -> bool:
+        return all(name in self.domains and self.domains[name].loaded for name in self.td_bodies)
 
     async def _revoke_orphan(self, namespace: str, secret_name: str, owner_uid: str) -> None:
-        """A pod is gone: revoke its serial and delete its Secret now, not at GC time."""
-        observed = self.secrets.get((namespace, secret_name))
-        if observed is None or not observed.owned_by(owner_uid):
+        """A pod is gone: revoke its serials and delete its Secret now, not at GC time."""
+        if not self._domains_loaded():
+            self._schedule(
+                ("gone", namespace, secret_name, owner_uid), self.clock() + timedelta(seconds=1)
+            )
             return
-        self._revoke_facts(observed.facts, "PodDeleted")
-        with contextlib.suppress(NotFoundError):
-            await self.kube.delete("Secret", namespace, secret_name, uid=observed.uid)
-        self.secrets.pop((namespace, secret_name), None)
+        observed = self.secrets.get((namespace, secret_name))
+        if observed is not None and observed.owned_by(owner_uid):
+            self._revoke_facts(observed.facts, "PodDeleted")
+            with contextlib.suppress(NotFoundError):
+                await self.kube.delete("Secret", namespace, secret_name, uid=observed.uid)
+            self.secrets.pop((namespace, secret_name), None)
+        self._revoke_owner(namespace, owner_uid, "PodDeleted")
 
     async def _revoke_identity_secrets(
         self, namespace: str, name: str, spec: WorkloadIdentitySpec | None
@@ -1344,21 +1418,35 @@ class Engine:
                 continue
             if self._revoke_facts(info.facts, "IdentityDeleted"):
                 log.info("revoked %s/%s: WorkloadIdentity %s deleted", ns, secret_name, name)
+            for uid in info.owner_uids:
+                self._revoke_owner(ns, uid, "IdentityDeleted")
             with contextlib.suppress(NotFoundError):
                 await self.kube.delete("Secret", ns, secret_name, uid=info.uid)
             self.secrets.pop((ns, secret_name), None)
 
-    def _catch_up_orphans(self) -> None:
-        """After a restart: Secrets whose pod was deleted while we were down get revoked."""
-        live_uids = {pod.uid for pod in self.pods.values()}
-        wid_uids = {spec.uid for spec in self.wids.values()}
-        for (ns, name), info in self.secrets.items():
-            if not info.managed or ns == self.config.operator_namespace:
+    async def _catch_up(self) -> None:
+        """After a restart: whatever was issued to an owner that vanished while we were down
+        (a deleted pod or WorkloadIdentity) is revoked, and its leftover Secret deleted."""
+        if not self._domains_loaded():
+            self._schedule(("catchup",), self.clock() + timedelta(seconds=1))
+            return
+        live = {pod.uid for pod in self.pods.values()} | {spec.uid for spec in self.wids.values()}
+        for (ns, name), info in list(self.secrets.items()):
+            if not info.managed or ns == self.config.operator_namespace or not info.identity:
                 continue
             owners = set(info.owner_uids)
-            if owners and not owners & (live_uids | wid_uids):
+            if owners and not owners & live:
                 for uid in owners:
-                    self.scheduler.schedule(("gone", ns, name, uid))
+                    await self._revoke_orphan(ns, name, uid)
+        dead = {(ns, e.owner_uid) for ns, e in self.ledger.all() if e.owner_uid not in live}
+        for ns, uid in dead:
+            count = self._revoke_owner(ns, uid, "OwnerDeletedWhileDown")
+            log.info(
+                "revoked %d serial(s) of %s in %s, deleted while the operator was down",
+                count,
+                uid,
+                ns,
+            )
 
     # ------------------------------------------------------------------ flushing
 
@@ -1376,6 +1464,14 @@ class Engine:
             self.dirty_revocations.discard(name)
             if runtime is not None:
                 await self._write_revocations(runtime)
+        self.ledger.prune(self.clock())
+        for namespace in list(self.ledger.dirty):
+            self.ledger.dirty.discard(namespace)
+            try:
+                await self._write_ledger(namespace)
+            except Exception as exc:
+                self.ledger.dirty.add(namespace)
+                log.warning("ledger for namespace %s not written: %s", namespace, exc)
         pending = list(self.dirty_bundles)
         self.dirty_bundles.clear()
         for namespace in pending:
@@ -1386,6 +1482,34 @@ class Engine:
             except Exception as exc:
                 self.dirty_bundles.add(namespace)
                 log.warning("bundle for namespace %s not written: %s", namespace, exc)
+
+    async def _write_ledger(self, namespace: str) -> None:
+        opns = self.config.operator_namespace
+        name = ledger_name(namespace)
+        if not self.ledger.entries.get(namespace):
+            if namespace in self.ledger.stored:
+                await self.kube.delete("ConfigMap", opns, name)
+                self.ledger.stored.discard(namespace)
+            return
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "namespace": opns,
+                "labels": {MANAGED_BY: MANAGER, "trustwarden.io/role": "ledger"},
+                "annotations": {"trustwarden.io/namespace": namespace},
+            },
+            "binaryData": {LEDGER_KEY: self.ledger.encode(namespace)},
+        }
+        if namespace in self.ledger.stored:
+            await self.kube.replace("ConfigMap", opns, name, body)
+        else:
+            try:
+                await self.kube.create("ConfigMap", opns, body)
+            except ConflictError:
+                await self.kube.replace("ConfigMap", opns, name, body)
+            self.ledger.stored.add(namespace)
 
     async def _write_revocations(self, runtime: DomainRuntime) -> None:
         opns = self.config.operator_namespace

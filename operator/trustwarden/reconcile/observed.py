@@ -24,6 +24,8 @@ INJECT_LABEL = "trustwarden.io/inject"
 SVID_VOLUME = "trustwarden-svid"
 BUNDLE_CONFIGMAP = "trustwarden-bundle"
 CONTENT_HASH_ANNOTATION = "trustwarden.io/content-hash"
+REVOKE_ANNOTATION = "trustwarden.io/revoke"
+RENEW_AT_ANNOTATION = "trustwarden.io/renew-at"
 
 
 def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -104,6 +106,7 @@ class SecretInfo:
     ca_sha256: str
     data_sha256: str  # of every data key, to notice any edit of a Secret we own
     recorded_sha256: str | None  # the leaf fingerprint trustwarden annotated when it wrote it
+    revoke_request: str | None  # `trustwarden revoke` asks for an emergency revocation here
     deleting: bool
     resource_version: int
 
@@ -143,6 +146,7 @@ class SecretInfo:
             ca_sha256=ca_sha,
             data_sha256=digest.hexdigest(),
             recorded_sha256=(meta.get("annotations") or {}).get("trustwarden.io/sha256"),
+            revoke_request=(meta.get("annotations") or {}).get(REVOKE_ANNOTATION),
             deleting=bool(meta.get("deletionTimestamp")),
             resource_version=resource_version(body),
         )
