@@ -24,6 +24,7 @@ from trustwarden.pki import crl as crl_mod
 from trustwarden.pki import rotation
 from trustwarden.pki._clock import from_rfc3339, to_rfc3339
 from trustwarden.pki.ca import Authority
+from trustwarden.pki.errors import PKIError
 from trustwarden.pki.keys import load_private_key, private_key_to_pem
 from trustwarden.reconcile.model import CAKind, TrustDomainSpec
 
@@ -79,6 +80,7 @@ class DomainRuntime:
     crl_pem: bytes = b""
     crl_built_at: datetime | None = None
     crl_stale: bool = True
+    crl_changed: bool = False  # rebuilt since last persisted: the engine stores it with revocations
     ca_ready: bool = False
     ca_reason: str = "Pending"
     ca_message: str = "the CA has not been loaded yet"
@@ -86,6 +88,7 @@ class DomainRuntime:
     # Public anchors of authorities whose keys were lost: trusted until they expire.
     orphan_anchors: tuple[x509.Certificate, ...] = ()
     revocations_exist: bool = False
+    stored_revocations: dict[str, str] | None = None  # read at start, until authorities load
     rotation_handled: str | None = None  # the last `trustwarden.io/rotate` request acted on
     loaded: bool = False  # state was read from (or written to) the cluster at least once
 
@@ -168,7 +171,55 @@ class DomainRuntime:
         self.crl_pem = b"".join(parts)
         self.crl_built_at = now
         self.crl_stale = False
+        self.crl_changed = True
         return self.crl_pem
+
+    def _crl_authorities(self, now: datetime) -> str:
+        if self.authorities is None:
+            return ""
+        return ",".join(
+            sorted(r.sha256 for r in self.authorities.records if r.authority.not_after > now)
+        )
+
+    def revocations_data(self, now: datetime) -> dict[str, str]:
+        """What the revocations ConfigMap holds: the revoked serials and the CRL built from them,
+        so a restarted operator republishes the same CRL instead of rewriting every bundle."""
+        data = {"revoked.json": self.revocations_json()}
+        if self.crl_pem and self.crl_built_at is not None and not self.crl_stale:
+            data["crl.pem"] = self.crl_pem.decode()
+            data["crl-number"] = str(self.crl_number)
+            data["crl-built-at"] = to_rfc3339(self.crl_built_at)
+            data["crl-authorities"] = self._crl_authorities(now)
+        self.crl_changed = False
+        return data
+
+    def reuse_stored_crl(self, data: Mapping[str, str], now: datetime) -> bool:
+        """Adopt a persisted CRL if it still covers exactly the revoked serials and authorities."""
+        pem, built = data.get("crl.pem"), data.get("crl-built-at")
+        if not pem or not built or self.authorities is None:
+            return False
+        try:
+            built_at = from_rfc3339(built, "crl-built-at")
+            number = int(data.get("crl-number", "0"))
+            blocks = [b for b in pem.split("-----END X509 CRL-----") if "BEGIN X509 CRL" in b]
+            crls = [
+                x509.load_pem_x509_crl((b + "-----END X509 CRL-----").strip().encode())
+                for b in blocks
+            ]
+        except (ValueError, PKIError):
+            return False
+        listed = {r.serial_number for crl in crls for r in crl}
+        wanted = {s for s, r in self.revocations.items() if r.not_after > now}
+        fresh = now - built_at < CRL_REFRESH
+        if (
+            not fresh
+            or listed != wanted
+            or data.get("crl-authorities") != self._crl_authorities(now)
+        ):
+            return False
+        self.crl_pem, self.crl_built_at, self.crl_number = pem.encode(), built_at, number
+        self.crl_stale = False
+        return True
 
     def revocations_json(self) -> str:
         items = sorted(self.revocations.values(), key=lambda r: (r.not_after, r.serial))

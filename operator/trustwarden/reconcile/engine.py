@@ -439,6 +439,9 @@ class Engine:
             self.metrics.errors.labels(reason="CAInvalid").inc()
             await self._event(self._domain_ref(runtime), "Warning", "CAInvalid", str(exc))
             next_at = now + SECRET_REF_POLL
+        if not runtime.loaded and runtime.stored_revocations is not None:
+            runtime.reuse_stored_crl(runtime.stored_revocations, now)
+            runtime.stored_revocations = None
         runtime.loaded = True
         anchors_after = {sha256_hex(c) for c in runtime.anchors(now)}
         if anchors_after != anchors_before or previous_spec != spec:
@@ -798,6 +801,7 @@ class Engine:
         if cm is not None:
             runtime.load_revocations(((cm.get("data") or {}).get("revoked.json")) or "[]")
             runtime.revocations_exist = True
+            runtime.stored_revocations = dict(cm.get("data") or {})
 
     def _publish_ca_metrics(self, runtime: DomainRuntime) -> None:
         if runtime.authorities is None:
@@ -1474,6 +1478,9 @@ class Engine:
                 log.warning("ledger for namespace %s not written: %s", namespace, exc)
         pending = list(self.dirty_bundles)
         self.dirty_bundles.clear()
+        for runtime in self.domains.values():
+            if runtime.issues and runtime.loaded and runtime.authorities is not None:
+                runtime.crl(self.clock())  # rebuild once here if due, not per namespace
         for namespace in pending:
             try:
                 await self._sync_bundle(namespace)
@@ -1482,6 +1489,9 @@ class Engine:
             except Exception as exc:
                 self.dirty_bundles.add(namespace)
                 log.warning("bundle for namespace %s not written: %s", namespace, exc)
+        for runtime in self.domains.values():
+            if runtime.crl_changed:
+                self.dirty_revocations.add(runtime.name)
 
     async def _write_ledger(self, namespace: str) -> None:
         opns = self.config.operator_namespace
@@ -1523,7 +1533,7 @@ class Engine:
                 "labels": {MANAGED_BY: MANAGER, "trustwarden.io/role": "revocations"},
                 "annotations": {"trustwarden.io/trust-domain": runtime.trust_domain},
             },
-            "data": {"revoked.json": runtime.revocations_json()},
+            "data": runtime.revocations_data(self.clock()),
         }
         if runtime.revocations_exist:
             await self.kube.replace("ConfigMap", opns, name, body)

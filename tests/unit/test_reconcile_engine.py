@@ -1,0 +1,205 @@
+"""The engine against an in-memory API: what it writes, and how often."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from datetime import timedelta
+
+from cryptography import x509
+
+from tests.unit.fakes import (
+    FakeClock,
+    FakeKube,
+    drain,
+    make_engine,
+    namespace,
+    trust_domain,
+    workload_identity,
+)
+from trustwarden.reconcile.engine import Engine
+
+
+def secret_of(kube: FakeKube, ns: str, name: str) -> dict[str, object] | None:
+    return kube.objects.get(("Secret", ns, name))
+
+
+def leaf_serial(kube: FakeKube, ns: str, name: str) -> int:
+    secret = secret_of(kube, ns, name)
+    assert secret is not None
+    chain = base64.b64decode(secret["data"]["tls.crt"])  # type: ignore[index]
+    return int(x509.load_pem_x509_certificates(chain)[0].serial_number)
+
+
+def observe_written(engine: Engine, kube: FakeKube) -> None:
+    """Feed what the fake API holds back into the caches, as the watches would."""
+    for (kind, _ns, name), body in kube.objects.items():
+        if kind == "Secret":
+            engine.observe_secret(body)
+        elif kind == "ConfigMap" and name == "trustwarden-bundle":
+            engine.observe_bundle(body)
+        elif kind == "ConfigMap" and name.startswith("trustwarden-ledger-"):
+            engine.observe_ledger(body)
+
+
+def setup(engine: Engine) -> None:
+    engine.observe_namespace(namespace("payments"))
+    engine.observe_namespace(namespace("trustwarden-system"))
+    engine.observe_trust_domain(trust_domain())
+    engine.observe_workload_identity(workload_identity("payments", "api"))
+
+
+def test_shared_issue_costs_one_secret_write_and_one_bundle_write() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        engine = make_engine(kube, clock)
+        setup(engine)
+        engine.scheduler.schedule(("td", "prod"), clock())
+        engine.scheduler.schedule(("wid", "payments", "api"), clock())
+        await drain(engine, clock)
+        secret = secret_of(kube, "payments", "api-svid")
+        assert secret is not None and secret["type"] == "kubernetes.io/tls"
+        annotations = secret["metadata"]["annotations"]  # type: ignore[index]
+        assert (
+            annotations["trustwarden.io/spiffe-id"]
+            == "spiffe://prod.example.org/ns/payments/sa/default"
+        )
+        bundle = kube.objects[("ConfigMap", "payments", "trustwarden-bundle")]
+        assert set(bundle["data"]) == {
+            "ca.crt",
+            "prod.example.org.pem",
+            "prod.example.org.crl.pem",
+            "bundle.spiffe",
+        }
+        # Writes: CA Secret, the CRL with its revocations, workload Secret, ledger, namespace
+        # bundle. Each once; the workload's certificate itself costs exactly one write.
+        written = sorted((k[0], k[2]) for k in kube.objects)
+        assert written == [
+            ("ConfigMap", "trustwarden-bundle"),
+            ("ConfigMap", "trustwarden-ledger-payments"),
+            ("ConfigMap", "trustwarden-revocations-prod"),
+            ("Secret", "api-svid"),
+            ("Secret", "trustwarden-ca-prod"),
+        ]
+        assert kube.calls["create"] == 5 and kube.calls["replace"] == 0
+
+    asyncio.run(scenario())
+
+
+def test_restart_with_valid_certificates_writes_nothing() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        first = make_engine(kube, clock)
+        setup(first)
+        first.scheduler.schedule(("td", "prod"), clock())
+        first.scheduler.schedule(("wid", "payments", "api"), clock())
+        await drain(first, clock)
+        serial = leaf_serial(kube, "payments", "api-svid")
+        clock.advance(timedelta(minutes=5))
+        # A new process: caches are filled from the API (as kopf's indexes do), then it starts.
+        second = make_engine(kube, clock)
+        setup(second)
+        observe_written(second, kube)
+        writes_before = kube.writes()
+        second.scheduler.schedule(("td", "prod"), clock())
+        second.scheduler.schedule(("wid", "payments", "api"), clock())
+        await drain(second, clock)
+        assert leaf_serial(kube, "payments", "api-svid") == serial
+        assert kube.writes() == writes_before
+
+    asyncio.run(scenario())
+
+
+def test_renewal_happens_at_the_renew_point_not_before() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        engine = make_engine(kube, clock)
+        setup(engine)
+        engine.scheduler.schedule(("td", "prod"), clock())
+        engine.scheduler.schedule(("wid", "payments", "api"), clock())
+        await drain(engine, clock)
+        serial = leaf_serial(kube, "payments", "api-svid")
+        deadline = engine.scheduler.deadline_of(("wid", "payments", "api"))
+        assert deadline is not None
+        # 1h TTL, renewAt 50%: between 25 and 30 minutes after issuance.
+        assert timedelta(minutes=25) <= deadline - clock() <= timedelta(minutes=30)
+        clock.now = deadline - timedelta(seconds=1)
+        await drain(engine, clock)
+        assert leaf_serial(kube, "payments", "api-svid") == serial
+        clock.now = deadline
+        await drain(engine, clock)
+        assert leaf_serial(kube, "payments", "api-svid") != serial
+
+    asyncio.run(scenario())
+
+
+def test_deleted_identity_is_revoked_and_its_secret_removed() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        engine = make_engine(kube, clock)
+        setup(engine)
+        engine.observe_workload_identity(workload_identity("payments", "keeper"))
+        for key in (("td", "prod"), ("wid", "payments", "api"), ("wid", "payments", "keeper")):
+            engine.scheduler.schedule(key, clock())
+        await drain(engine, clock)
+        serial = leaf_serial(kube, "payments", "api-svid")
+        engine.forget_workload_identity("payments", "api")
+        await drain(engine, clock)
+        assert secret_of(kube, "payments", "api-svid") is None
+        crl_pem = kube.objects[("ConfigMap", "payments", "trustwarden-bundle")]["data"][
+            "prod.example.org.crl.pem"
+        ]
+        revoked = {r.serial_number for c in _crls(crl_pem) for r in c}
+        assert serial in revoked
+        stored = kube.objects[("ConfigMap", "trustwarden-system", "trustwarden-revocations-prod")]
+        assert format(serial, "x") in stored["data"]["revoked.json"]
+
+    asyncio.run(scenario())
+
+
+def test_invalid_later_spec_keeps_what_was_issued() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        engine = make_engine(kube, clock)
+        setup(engine)
+        engine.scheduler.schedule(("td", "prod"), clock())
+        engine.scheduler.schedule(("wid", "payments", "api"), clock())
+        await drain(engine, clock)
+        serial = leaf_serial(kube, "payments", "api-svid")
+        bad = workload_identity("payments", "api")
+        bad["spec"]["ttl"] = "5m"  # below the 10m minimum
+        bad["metadata"]["generation"] = 2
+        engine.observe_workload_identity(bad)
+        await drain(engine, clock)
+        await engine.flush_status()
+        assert leaf_serial(kube, "payments", "api-svid") == serial
+        status = kube.statuses[("WorkloadIdentity", "payments", "api")]
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        assert ready["status"] == "False" and ready["reason"] == "InvalidDuration"
+        assert "WorkloadIdentity payments/api: spec.ttl" in ready["message"]
+        assert any(e[2] == "InvalidDuration" for e in kube.events)
+
+    asyncio.run(scenario())
+
+
+def test_namespace_without_identity_gets_no_bundle() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        engine = make_engine(kube, clock)
+        setup(engine)
+        engine.observe_namespace(namespace("bystander"))
+        engine.scheduler.schedule(("td", "prod"), clock())
+        engine.scheduler.schedule(("wid", "payments", "api"), clock())
+        await drain(engine, clock)
+        assert ("ConfigMap", "bystander", "trustwarden-bundle") not in kube.objects
+
+    asyncio.run(scenario())
+
+
+def _crls(pem: str) -> list[x509.CertificateRevocationList]:
+    blocks = pem.split("-----END X509 CRL-----")
+    return [
+        x509.load_pem_x509_crl((block + "-----END X509 CRL-----").strip().encode())
+        for block in blocks
+        if "BEGIN X509 CRL" in block
+    ]
