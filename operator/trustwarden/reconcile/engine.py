@@ -735,28 +735,64 @@ class Engine:
         authority = load_authority_from_pem(chain, key, root, now, source=where)
         aset = runtime.authorities or rotation.AuthoritySet(())
         changed = False
-        if aset.active_record is None or aset.active_record.sha256 != authority.sha256:
-            records = [
-                replace(r, state=rotation.AuthorityState.Retired, retired_at=now)
-                if r.state is rotation.AuthorityState.Active
-                else r
-                for r in aset.records
-                if r.sha256 != authority.sha256
-            ]
-            records.append(
-                rotation.AuthorityRecord(
-                    authority, rotation.AuthorityState.Active, activated_at=now
+        next_at = now + SECRET_REF_POLL
+        active = aset.active_record
+        if active is None:
+            # The first CA of this domain: nothing was signed or published before it.
+            aset = rotation.AuthoritySet(
+                (
+                    *aset.records,
+                    rotation.AuthorityRecord(
+                        authority, rotation.AuthorityState.Active, activated_at=now
+                    ),
                 )
             )
-            aset = rotation.AuthoritySet(tuple(records))
             changed = True
-            if runtime.authorities is not None:
+        elif active.sha256 != authority.sha256:
+            # A new CA in the Secret: publish its root first, sign with it only once every
+            # entitled bundle holds it; the old one stays until its leaves expire.
+            prepared = aset.prepared_record
+            if prepared is None or prepared.sha256 != authority.sha256:
+                records = [
+                    r for r in aset.records if r.state is not rotation.AuthorityState.Prepared
+                ]
+                records.append(
+                    rotation.AuthorityRecord(
+                        authority, rotation.AuthorityState.Prepared, prepared_at=now
+                    )
+                )
+                aset, changed = rotation.AuthoritySet(tuple(records)), True
+                runtime.authorities = aset
+                self._mark_domain_bundles(runtime)
+                await self._event(
+                    self._domain_ref(runtime),
+                    "Normal",
+                    "AuthorityPrepared",
+                    f"{where} holds a new CA {authority.serial_hex}; publishing its root before it signs",
+                )
+            runtime.authorities = aset
+            if self._anchor_published(runtime, authority.sha256):
+                records = []
+                for record in aset.records:
+                    if record.state is rotation.AuthorityState.Active:
+                        record = replace(
+                            record, state=rotation.AuthorityState.Retired, retired_at=now
+                        )
+                    elif record.sha256 == authority.sha256:
+                        record = replace(
+                            record, state=rotation.AuthorityState.Active, activated_at=now
+                        )
+                    records.append(record)
+                aset, changed = rotation.AuthoritySet(tuple(records)), True
                 await self._event(
                     self._domain_ref(runtime),
                     "Normal",
                     "AuthorityActivated",
-                    f"{where} holds a new CA {authority.serial_hex}; the previous one stays in bundles until its leaves expire",
+                    f"CA {authority.serial_hex} from {where} is in every bundle and now signs; "
+                    "the previous one stays in bundles until its leaves expire",
                 )
+            else:
+                next_at = now + timedelta(seconds=2)
         kept = tuple(
             r
             for r in aset.records
@@ -767,9 +803,13 @@ class Engine:
         runtime.authorities = aset
         if changed or (opns, ca_secret_name(runtime.name)) not in self.secrets:
             await self._write_ca_secret(runtime)
+        current = aset.active_authority
+        assert current is not None
         runtime.ca_ready, runtime.ca_reason = True, "Active"
-        runtime.ca_message = f"loaded {where}: CA {authority.serial_hex} valid until {to_rfc3339(authority.not_after)}"
-        return now + SECRET_REF_POLL
+        runtime.ca_message = (
+            f"loaded {where}: CA {current.serial_hex} valid until {to_rfc3339(current.not_after)}"
+        )
+        return next_at
 
     def _anchor_published(self, runtime: DomainRuntime, sha: str) -> bool:
         """True when every namespace entitled to the domain holds a bundle with `sha`."""
