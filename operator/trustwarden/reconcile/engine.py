@@ -289,9 +289,9 @@ class Engine:
         meta = body.get("metadata") or {}
         namespace = str(meta.get("namespace"))
         is_state = namespace == self.config.operator_namespace
-        info = SecretInfo.from_body(body, parse_leaf=not is_state)
-        key = (info.namespace, info.name)
+        key = (namespace, str(meta.get("name")))
         previous = self.secrets.get(key)
+        info = SecretInfo.from_body(body, parse_leaf=not is_state, previous=previous)
         self.secrets[key] = info
         if previous is not None and previous.data_sha256 == info.data_sha256:
             return
@@ -1341,7 +1341,9 @@ class Engine:
         else:
             body["metadata"]["resourceVersion"] = str(observed.resource_version)
             written = await self.kube.replace("Secret", target.namespace, target.secret_name, body)
-        self.secrets[(target.namespace, target.secret_name)] = SecretInfo.from_body(written)
+        self.secrets[(target.namespace, target.secret_name)] = SecretInfo.from_body(
+            written, facts=leaf.to_facts(authority)
+        )
         self.ledger.record(
             target.namespace,
             LedgerEntry(

@@ -111,13 +111,29 @@ class SecretInfo:
     resource_version: int
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any], *, parse_leaf: bool = True) -> SecretInfo:
+    def from_body(
+        cls,
+        body: Mapping[str, Any],
+        *,
+        parse_leaf: bool = True,
+        previous: SecretInfo | None = None,
+        facts: LeafFacts | None = None,
+    ) -> SecretInfo:
+        """`previous` lets an unchanged Secret (the watch echo of our own write) skip parsing;
+        `facts` are what the writer already knows about the leaf it just wrote."""
+        known_facts = facts
         meta = _meta(body)
         labels = meta.get("labels") or {}
         data = body.get("data") or {}
-        facts: LeafFacts | None = None
+        digest = hashlib.sha256()
+        for key_name in sorted(data):
+            digest.update(f"{key_name}\0{data[key_name]}\0".encode())
+        data_sha256 = digest.hexdigest()
+        facts = known_facts
         error: str | None = None
-        if parse_leaf:
+        if facts is None and previous is not None and previous.data_sha256 == data_sha256:
+            facts, error = previous.facts, previous.facts_error
+        elif facts is None and parse_leaf:
             try:
                 chain = _b64(data.get("tls.crt"))
                 key = _b64(data.get("tls.key"))
@@ -127,9 +143,6 @@ class SecretInfo:
                     error = "tls.crt is missing"
             except (PKIError, ValueError, binascii.Error) as exc:
                 error = f"unreadable certificate: {exc}"
-        digest = hashlib.sha256()
-        for key_name in sorted(data):
-            digest.update(f"{key_name}\0{data[key_name]}\0".encode())
         try:
             ca_sha = hashlib.sha256(_b64(data.get("ca.crt"))).hexdigest()
         except (ValueError, binascii.Error):
@@ -144,7 +157,7 @@ class SecretInfo:
             facts=facts,
             facts_error=error,
             ca_sha256=ca_sha,
-            data_sha256=digest.hexdigest(),
+            data_sha256=data_sha256,
             recorded_sha256=(meta.get("annotations") or {}).get("trustwarden.io/sha256"),
             revoke_request=(meta.get("annotations") or {}).get(REVOKE_ANNOTATION),
             deleting=bool(meta.get("deletionTimestamp")),
