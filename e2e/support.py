@@ -265,3 +265,74 @@ def apply_yaml(
     cluster: Cluster, text: str, *extra: str, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     return cluster.kubectl("apply", *extra, "-f", "-", check=check, input_text=text)
+
+
+@contextmanager
+def trust_domain(
+    cluster: Cluster, ca_yaml: str = "{selfSigned: {}}", *, extra: str = ""
+) -> Iterator[tuple[str, str]]:
+    """A TrustDomain with a unique name; yields (object name, SPIFFE trust domain name)."""
+    name = unique("td")
+    apply_yaml(
+        cluster,
+        f"""
+apiVersion: trustwarden.io/v1alpha1
+kind: TrustDomain
+metadata: {{name: {name}}}
+spec:
+  trustDomain: {name}.example.org
+  ca: {ca_yaml}
+{extra}
+""",
+    )
+    try:
+        yield name, f"{name}.example.org"
+    finally:
+        try:
+            custom(cluster).delete_cluster_custom_object(GROUP, VERSION, "trustdomains", name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+def make_test_ca(common_name: str, *, days: int = 60) -> tuple[bytes, bytes]:
+    """A self-signed CA certificate and its PKCS#8 key, both PEM, made independently of
+    trustwarden.pki (what a user's own CA or a federated partner's root would be)."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "corp"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return (
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )

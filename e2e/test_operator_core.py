@@ -25,9 +25,11 @@ from e2e.support import (
     get_td,
     get_wid,
     leaf_of,
+    make_test_ca,
     openssl_verify,
     secret_data,
     serial_of,
+    trust_domain,
     unique,
     wait_condition,
     wait_for,
@@ -44,23 +46,11 @@ class Domain:
 
 @pytest.fixture
 def domain(cluster: Cluster, operator: OperatorProcess) -> Iterator[Domain]:
-    name = unique("td")
-    trust_domain = f"{name}.example.org"
-    apply_yaml(
-        cluster,
-        f"""
-apiVersion: trustwarden.io/v1alpha1
-kind: TrustDomain
-metadata: {{name: {name}}}
-spec:
-  trustDomain: {trust_domain}
-  ca: {{selfSigned: {{ttl: 2160h}}}}
-  policy: {{maxTTL: 24h}}
-""",
-    )
-    created = Domain(cluster, name, trust_domain)
-    yield created
-    custom(cluster).delete_cluster_custom_object(GROUP, VERSION, "trustdomains", name)
+    with trust_domain(cluster, "{selfSigned: {ttl: 2160h}}", extra="  policy: {maxTTL: 24h}") as (
+        name,
+        td,
+    ):
+        yield Domain(cluster, name, td)
 
 
 def shared_identity(
@@ -542,31 +532,7 @@ def _issued_by_sha(chain: bytes, sha: str, anchors_pem: str) -> bool:
 
 
 def _external_anchor_pem(cluster: Cluster, domain: Domain) -> str:
-    from datetime import UTC, datetime
-
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "partner root")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
+    return make_test_ca("partner root", days=30)[0].decode()
 
 
 def _indent(text: str, spaces: int) -> str:

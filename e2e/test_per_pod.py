@@ -17,18 +17,15 @@ from kubernetes.client.rest import ApiException
 from e2e.conftest import OperatorSlot
 from e2e.operator import OperatorProcess
 from e2e.support import (
-    GROUP,
-    VERSION,
     Cluster,
     apply_yaml,
     bundle_data,
-    custom,
     get_wid,
     leaf_of,
     openssl_verify,
     secret_data,
     serial_of,
-    unique,
+    trust_domain,
     wait_condition,
     wait_for,
 )
@@ -39,20 +36,8 @@ MOUNT = "/var/run/secrets/trustwarden.io/"
 
 @pytest.fixture
 def domain(cluster: Cluster, operator: OperatorProcess) -> Iterator[tuple[str, str]]:
-    name = unique("td")
-    apply_yaml(
-        cluster,
-        f"""
-apiVersion: trustwarden.io/v1alpha1
-kind: TrustDomain
-metadata: {{name: {name}}}
-spec:
-  trustDomain: {name}.example.org
-  ca: {{selfSigned: {{}}}}
-""",
-    )
-    yield name, f"{name}.example.org"
-    custom(cluster).delete_cluster_custom_object(GROUP, VERSION, "trustdomains", name)
+    with trust_domain(cluster) as created:
+        yield created
 
 
 @pytest.fixture

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from e2e.operator import OperatorProcess
 from e2e.support import (
@@ -21,6 +17,7 @@ from e2e.support import (
     custom,
     get_td,
     leaf_of,
+    make_test_ca,
     openssl_verify,
     secret_data,
     unique,
@@ -29,38 +26,6 @@ from e2e.support import (
 )
 
 OPERATOR_NS = "trustwarden-system"
-
-
-def make_ca(name: str) -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "corp"),
-            x509.NameAttribute(NameOID.COMMON_NAME, name),
-        ]
-    )
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=60))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return pem, key_pem
 
 
 def ca_secret_body(name: str, cert: bytes, key: bytes) -> dict[str, object]:
@@ -84,8 +49,8 @@ def test_secret_ref_ca_swap_has_no_trust_gap(
     cluster: Cluster, operator: OperatorProcess, namespace: str, tmp_path: Path
 ) -> None:
     secret_name, td = unique("corp-ca"), unique("byo")
-    ca_a, key_a = make_ca("corp CA A")
-    ca_b, key_b = make_ca("corp CA B")
+    ca_a, key_a = make_test_ca("corp CA A")
+    ca_b, key_b = make_test_ca("corp CA B")
     cluster.core.create_namespaced_secret(OPERATOR_NS, ca_secret_body(secret_name, ca_a, key_a))
     apply_yaml(
         cluster,

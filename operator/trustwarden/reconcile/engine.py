@@ -624,26 +624,51 @@ class Engine:
     async def _write_ca_secret(self, runtime: DomainRuntime) -> None:
         opns = self.config.operator_namespace
         name = ca_secret_name(runtime.name)
+        written = await self._upsert_state(
+            "Secret",
+            name,
+            role="ca",
+            annotations={"trustwarden.io/trust-domain": runtime.trust_domain},
+            payload={"type": "Opaque", "data": self._ca_secret_data(runtime)},
+            exists=(opns, name) in self.secrets,
+        )
+        self.secrets[(opns, name)] = SecretInfo.from_body(written, parse_leaf=False)
+
+    async def _upsert_state(
+        self,
+        kind: str,
+        name: str,
+        *,
+        role: str,
+        annotations: dict[str, str],
+        payload: dict[str, Any],
+        exists: bool,
+    ) -> Mapping[str, Any]:
+        """Write one of our state objects in the operator namespace: create it, or replace
+        it when it is known to exist (or a create finds it there)."""
+        opns = self.config.operator_namespace
         body: dict[str, Any] = {
             "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "Opaque",
+            "kind": kind,
             "metadata": {
                 "name": name,
                 "namespace": opns,
-                "labels": {MANAGED_BY: MANAGER, "trustwarden.io/role": "ca"},
-                "annotations": {"trustwarden.io/trust-domain": runtime.trust_domain},
+                "labels": {MANAGED_BY: MANAGER, "trustwarden.io/role": role},
+                "annotations": annotations,
             },
-            "data": self._ca_secret_data(runtime),
+            **payload,
         }
-        if (opns, name) in self.secrets:
-            written = await self.kube.replace("Secret", opns, name, body)
-        else:
-            try:
-                written = await self.kube.create("Secret", opns, body)
-            except ConflictError:
-                written = await self.kube.replace("Secret", opns, name, body)
-        self.secrets[(opns, name)] = SecretInfo.from_body(written, parse_leaf=False)
+        return await self._create_or_replace(kind, opns, name, body, exists=exists)
+
+    async def _create_or_replace(
+        self, kind: str, namespace: str, name: str, body: Mapping[str, Any], *, exists: bool
+    ) -> Mapping[str, Any]:
+        if exists:
+            return await self.kube.replace(kind, namespace, name, body)
+        try:
+            return await self.kube.create(kind, namespace, body)
+        except ConflictError:
+            return await self.kube.replace(kind, namespace, name, body)
 
     async def _load_orphan_anchors(self, runtime: DomainRuntime, stored: Mapping[str, Any]) -> None:
         raw = (stored.get("data") or {}).get("orphans.pem")
@@ -943,16 +968,10 @@ class Engine:
             },
             "data": desired.data,
         }
-        if observed is None:
-            try:
-                written = await self.kube.create("ConfigMap", namespace, body)
-                operation = "create"
-            except ConflictError:
-                written = await self.kube.replace("ConfigMap", namespace, BUNDLE_CONFIGMAP, body)
-                operation = "update"
-        else:
-            written = await self.kube.replace("ConfigMap", namespace, BUNDLE_CONFIGMAP, body)
-            operation = "update"
+        written = await self._create_or_replace(
+            "ConfigMap", namespace, BUNDLE_CONFIGMAP, body, exists=observed is not None
+        )
+        operation = "update" if observed is not None else "create"
         self.bundles[namespace] = BundleInfo.from_body(written)
         self.metrics.bundle_writes.labels(operation=operation).inc()
 
@@ -1536,55 +1555,32 @@ class Engine:
                 self.dirty_revocations.add(runtime.name)
 
     async def _write_ledger(self, namespace: str) -> None:
-        opns = self.config.operator_namespace
         name = ledger_name(namespace)
         if not self.ledger.entries.get(namespace):
             if namespace in self.ledger.stored:
-                await self.kube.delete("ConfigMap", opns, name)
+                await self.kube.delete("ConfigMap", self.config.operator_namespace, name)
                 self.ledger.stored.discard(namespace)
             return
-        body: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": name,
-                "namespace": opns,
-                "labels": {MANAGED_BY: MANAGER, "trustwarden.io/role": "ledger"},
-                "annotations": {"trustwarden.io/namespace": namespace},
-            },
-            "binaryData": {LEDGER_KEY: self.ledger.encode(namespace)},
-        }
-        if namespace in self.ledger.stored:
-            await self.kube.replace("ConfigMap", opns, name, body)
-        else:
-            try:
-                await self.kube.create("ConfigMap", opns, body)
-            except ConflictError:
-                await self.kube.replace("ConfigMap", opns, name, body)
-            self.ledger.stored.add(namespace)
+        await self._upsert_state(
+            "ConfigMap",
+            name,
+            role="ledger",
+            annotations={"trustwarden.io/namespace": namespace},
+            payload={"binaryData": {LEDGER_KEY: self.ledger.encode(namespace)}},
+            exists=namespace in self.ledger.stored,
+        )
+        self.ledger.stored.add(namespace)
 
     async def _write_revocations(self, runtime: DomainRuntime) -> None:
-        opns = self.config.operator_namespace
-        name = revocations_name(runtime.name)
-        body: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": name,
-                "namespace": opns,
-                "labels": {MANAGED_BY: MANAGER, "trustwarden.io/role": "revocations"},
-                "annotations": {"trustwarden.io/trust-domain": runtime.trust_domain},
-            },
-            "data": runtime.revocations_data(self.clock()),
-        }
-        if runtime.revocations_exist:
-            await self.kube.replace("ConfigMap", opns, name, body)
-        else:
-            try:
-                await self.kube.create("ConfigMap", opns, body)
-            except ConflictError:
-                await self.kube.replace("ConfigMap", opns, name, body)
-            runtime.revocations_exist = True
+        await self._upsert_state(
+            "ConfigMap",
+            revocations_name(runtime.name),
+            role="revocations",
+            annotations={"trustwarden.io/trust-domain": runtime.trust_domain},
+            payload={"data": runtime.revocations_data(self.clock())},
+            exists=runtime.revocations_exist,
+        )
+        runtime.revocations_exist = True
 
     async def _status_loop(self) -> None:
         while True:
