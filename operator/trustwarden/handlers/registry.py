@@ -130,7 +130,8 @@ def build_registry() -> kopf.OperatorRegistry:
         ):
             services.metrics.webhook_requests.labels(result="skipped").inc()
             return
-        identities = [s for (ns, _), s in services.engine.wids.items() if ns == namespace]
+        engine = services.engine
+        identities = [engine.wids[(namespace, n)] for n in engine.wids_by_ns.get(namespace, ())]
         try:
             plan = plan_injection(body, identities)
         except InjectionRejected as exc:

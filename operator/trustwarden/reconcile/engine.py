@@ -161,6 +161,7 @@ class Engine:
         self.wids: dict[tuple[str, str], WorkloadIdentitySpec] = {}
         self.wid_bodies: dict[tuple[str, str], Mapping[str, Any]] = {}
         self.wid_errors: dict[tuple[str, str], SpecError] = {}
+        self.wids_by_ns: dict[str, set[str]] = defaultdict(set)
         self.pods: dict[tuple[str, str], PodInfo] = {}
         self.pods_by_wid: dict[tuple[str, str], set[str]] = defaultdict(set)
         self.secrets: dict[tuple[str, str], SecretInfo] = {}
@@ -224,9 +225,8 @@ class Engine:
         self.namespaces[info.name] = info
         if previous is None or previous.labels != info.labels:
             self.dirty_bundles.add(info.name)
-            for ns, name in self.wids:
-                if ns == info.name:
-                    self._schedule(("wid", ns, name))
+            for name in self.wids_by_ns.get(info.name, ()):
+                self._schedule(("wid", info.name, name))
 
     def forget_namespace(self, name: str) -> None:
         self.namespaces.pop(name, None)
@@ -247,6 +247,7 @@ class Engine:
         self.wid_bodies[key] = body
         try:
             self.wids[key] = WorkloadIdentitySpec.from_body(body)
+            self.wids_by_ns[key[0]].add(key[1])
             self.wid_errors.pop(key, None)
         except SpecError as exc:
             # Keep the last valid spec: nothing already issued is lost to a bad edit.
@@ -310,13 +311,10 @@ class Engine:
                 if ca_secret_name(name) == info.name:
                     self._schedule(("td", runtime.name))
             return
-        for (ns, wid_name), spec in self.wids.items():
-            if (
-                ns == info.namespace
-                and spec.mode is DeliveryMode.SHARED
-                and spec.secret_name == info.name
-            ):
-                self._schedule(("wid", ns, wid_name))
+        for wid_name in self.wids_by_ns.get(info.namespace, ()):
+            spec = self.wids[(info.namespace, wid_name)]
+            if spec.mode is DeliveryMode.SHARED and spec.secret_name == info.name:
+                self._schedule(("wid", info.namespace, wid_name))
         for pod_name in self.pods_by_wid.get((info.namespace, info.identity or ""), ()):
             pod = self.pods.get((info.namespace, pod_name))
             if pod is not None and pod.secret_name == info.name:
@@ -848,7 +846,7 @@ class Engine:
             observed = self.bundles.get(namespace)
             if observed is None or observed.content_hash != desired.content_hash:
                 return False
-            if sha not in desired.data.get("ca.crt", "") and sha not in self._bundle_shas(desired):
+            if sha not in self._bundle_shas(desired):
                 return False
         return True
 
@@ -900,9 +898,8 @@ class Engine:
         domain's policy allows the namespace), their federatesWith (same check), and domains
         whose bundle.namespaceSelector selects it. Never anything else."""
         chosen: dict[str, DomainRuntime] = {}
-        for (ns, _), spec in self.wids.items():
-            if ns != namespace:
-                continue
+        for name in self.wids_by_ns.get(namespace, ()):
+            spec = self.wids[(namespace, name)]
             own = self.domains.get(spec.trust_domain_ref)
             if own is None or not self._allowed(own, namespace):
                 continue
@@ -1032,6 +1029,7 @@ class Engine:
         if key not in self.wid_bodies:
             # Deleted: revoke everything it issued.
             self.wids.pop(key, None)
+            self.wids_by_ns[namespace].discard(name)
             self.wid_problems.pop(key, None)
             await self._revoke_identity_secrets(namespace, name, spec)
             self.dirty_bundles.add(namespace)
