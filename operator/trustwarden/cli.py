@@ -1,4 +1,5 @@
-"""The `trustwarden` command line: run the operator, and operate it."""
+"""The `trustwarden` command line (also a kubectl plugin, `kubectl trustwarden`): run the
+operator, and operate it: inventory, verify, revoke, ca status, ca rotate."""
 
 from __future__ import annotations
 
@@ -6,11 +7,19 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import socket
 import sys
 import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trustwarden import __version__
+from trustwarden.ops.errors import UsageError
+
+if TYPE_CHECKING:
+    from trustwarden.ops.port import OpsPort
 
 
 def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -67,12 +76,164 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
 
+def _common(*, namespaced: bool) -> argparse.ArgumentParser:
+    """Flags every operations command takes, kubectl style (also after the subcommand)."""
+    common = argparse.ArgumentParser(add_help=False)
+    if namespaced:
+        common.add_argument(
+            "-n",
+            "--namespace",
+            help="namespace (default: the kubeconfig context's namespace, else default)",
+        )
+    common.add_argument(
+        "--kubeconfig", default=os.environ.get("KUBECONFIG"), help="kubeconfig file"
+    )
+    common.add_argument("--context", help="kubeconfig context")
+    common.add_argument(
+        "--request-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="timeout of each API request (default 30)",
+    )
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show stack traces"
+    )
+    return common
+
+
+def _add_ops(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    namespaced = _common(namespaced=True)
+    cluster = _common(namespaced=False)
+
+    inventory = subparsers.add_parser(
+        "inventory",
+        parents=[namespaced],
+        help="list every issued certificate, its state and expiry",
+        description="List every certificate trustwarden issued (Secrets labelled "
+        "app.kubernetes.io/managed-by=trustwarden with a trustwarden.io/identity label). "
+        "Exit status 1 when any is expired, failed or invalid (for cron), 0 otherwise.",
+    )
+    inventory.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    inventory.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "wide", "json", "csv"),
+        default="table",
+        help="table (fits 80 columns, the default), wide (every column), json or csv",
+    )
+    inventory.add_argument(
+        "--expiring-within",
+        metavar="DURATION",
+        help="only certificates whose notAfter is within DURATION (e.g. 1h, 90m); "
+        "expired ones included",
+    )
+    inventory.add_argument(
+        "--owner", help="only this owner (spec.owner); shell patterns such as 'team-*' work"
+    )
+    inventory.add_argument(
+        "--operator-namespace",
+        default=os.environ.get("TRUSTWARDEN_NAMESPACE", "trustwarden-system"),
+        help="the operator's namespace, left out of the inventory (default trustwarden-system)",
+    )
+
+    verify = subparsers.add_parser(
+        "verify",
+        parents=[namespaced],
+        help="check one certificate Secret: chain, SPIFFE, key pair, revocation, validity",
+        description="Check a certificate Secret against its namespace's trustwarden-bundle. "
+        "Prints PASS/FAIL per check; exit status 1 when any check fails.",
+    )
+    verify.add_argument("secret", nargs="?", metavar="SECRET", help="Secret name")
+    verify.add_argument(
+        "--from-file",
+        metavar="PATH",
+        help="check a saved Secret (kubectl get secret -o yaml|json) or PEM file instead of "
+        "the live Secret, against the live bundle of -n NAMESPACE ('-' reads stdin)",
+    )
+
+    revoke = subparsers.add_parser(
+        "revoke",
+        parents=[namespaced],
+        help="revoke certificates now and have the operator issue new ones",
+        description="Emergency revocation: annotate the Secret(s) with trustwarden.io/revoke; "
+        "the operator lists the serial in the trust domain's CRL at once and writes a fresh "
+        "key and certificate into the same Secret.",
+    )
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--identity", metavar="NAME", help="every Secret of this WorkloadIdentity")
+    which.add_argument("--pod", metavar="NAME", help="the Secret of this pod")
+    which.add_argument(
+        "--serial", metavar="HEX", help="the Secret holding this serial (colons allowed)"
+    )
+    revoke.add_argument("--reason", required=True, help="why (recorded in the Revoked Event)")
+    revoke.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    revoke.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wait until every Secret holds a new serial and the CRL lists the old one "
+        "(default: wait)",
+    )
+    revoke.add_argument(
+        "--timeout", default="60s", metavar="DURATION", help="how long to wait (default 60s)"
+    )
+
+    ca = subparsers.add_parser("ca", help="trust domain authorities: status and rotation")
+    ca_commands = ca.add_subparsers(dest="ca_command", metavar="COMMAND", required=True)
+    status = ca_commands.add_parser(
+        "status",
+        parents=[cluster],
+        help="authorities, conditions and per-namespace bundle coverage of a TrustDomain",
+    )
+    status.add_argument("trust_domain", metavar="TRUSTDOMAIN", help="TrustDomain name")
+    status.add_argument(
+        "-o", "--output", choices=("table", "wide", "json"), default="table", help="output format"
+    )
+    rotate = ca_commands.add_parser(
+        "rotate",
+        parents=[cluster],
+        help="prepare, publish and activate a new authority now",
+        description="Ask the operator to rotate a self-signed CA now: it prepares a new "
+        "authority, publishes it in every entitled bundle, and activates it after "
+        "--activate-after once every bundle holds it. Shows progress until it is Active.",
+    )
+    rotate.add_argument("trust_domain", metavar="TRUSTDOMAIN", help="TrustDomain name")
+    rotate.add_argument(
+        "--activate-after",
+        default="1m",
+        metavar="DURATION",
+        help="how long the new anchor is published before it signs (default 1m)",
+    )
+    rotate.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    rotate.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="follow the rotation until the new authority is Active (default: wait)",
+    )
+    rotate.add_argument(
+        "--timeout",
+        metavar="DURATION",
+        help="how long to wait (default: --activate-after plus 2m)",
+    )
+
+
+def _prog() -> str:
+    return (
+        "kubectl trustwarden"
+        if os.path.basename(sys.argv[0]) == "kubectl-trustwarden"
+        else "trustwarden"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trustwarden", description=__doc__)
+    parser = argparse.ArgumentParser(prog=_prog(), description=__doc__)
     parser.add_argument("--version", action="version", version=f"trustwarden {__version__}")
     parser.add_argument("--debug", action="store_true", help="show stack traces on errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_run(subparsers)
+    _add_ops(subparsers)
     return parser
 
 
@@ -108,6 +269,98 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def make_port(args: argparse.Namespace) -> OpsPort:
+    """The cluster connection for the operations commands (tests replace this)."""
+    from trustwarden.k8s.ops_client import OpsClient
+
+    return OpsClient(args.kubeconfig, args.context, request_timeout=args.request_timeout)
+
+
+def now() -> datetime:
+    """The clock of the operations commands (tests pin it)."""
+    return datetime.now(UTC)
+
+
+def _confirm(prompt: str) -> bool:
+    print(prompt, end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    if not answer:
+        print(file=sys.stderr)
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _width() -> int:
+    if sys.stdout.isatty():
+        return max(80, shutil.get_terminal_size((80, 24)).columns)
+    return 80
+
+
+def _ops(args: argparse.Namespace) -> int:
+    from trustwarden.ops import commands
+
+    port = make_port(args)
+    ctx = commands.Context(
+        port=port,
+        out=sys.stdout,
+        err=sys.stderr,
+        confirm=_confirm,
+        clock=lambda: now(),
+        width=_width(),
+    )
+    namespace: str | None = getattr(args, "namespace", None)
+    if args.command == "inventory":
+        if args.all_namespaces and namespace:
+            raise UsageError("give either -n/--namespace or -A/--all-namespaces, not both")
+        return commands.inventory(
+            ctx,
+            namespace=None if args.all_namespaces else (namespace or port.default_namespace()),
+            output=args.output,
+            expiring_within=commands.parse_duration_arg(args.expiring_within, "--expiring-within")
+            if args.expiring_within
+            else None,
+            owner=args.owner,
+            operator_namespace=args.operator_namespace,
+        )
+    if args.command == "verify":
+        if (args.secret is None) == (args.from_file is None):
+            raise UsageError("give a SECRET name or --from-file PATH (one of them)")
+        source = None
+        if args.from_file is not None:
+            path = args.from_file
+            try:
+                content = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+            except OSError as exc:
+                raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+            source = (path, content)
+        return commands.verify(ctx, namespace=namespace, secret_name=args.secret, from_file=source)
+    if args.command == "revoke":
+        return commands.revoke(
+            ctx,
+            namespace=namespace or port.default_namespace(),
+            reason=args.reason,
+            identity=args.identity,
+            pod=args.pod,
+            serial=args.serial,
+            yes=args.yes,
+            wait=args.wait,
+            timeout=commands.parse_duration_arg(args.timeout, "--timeout"),
+        )
+    if args.command == "ca" and args.ca_command == "status":
+        return commands.ca_status(ctx, name=args.trust_domain, output=args.output)
+    if args.command == "ca" and args.ca_command == "rotate":
+        return commands.ca_rotate(
+            ctx,
+            name=args.trust_domain,
+            activate_after=args.activate_after,
+            yes=args.yes,
+            wait=args.wait,
+            timeout=commands.parse_duration_arg(args.timeout, "--timeout")
+            if args.timeout
+            else None,
+        )
+    raise UsageError(f"unknown command {args.command}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -117,14 +370,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        return _ops(args)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
         if args.debug:
             raise
-        print(f"trustwarden {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        from trustwarden.ops.errors import OpsError
+
+        command = args.command + (f" {args.ca_command}" if args.command == "ca" else "")
+        print(f"trustwarden {command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, OpsError) else 1
 
 
 if __name__ == "__main__":

@@ -203,3 +203,31 @@ def _crls(pem: str) -> list[x509.CertificateRevocationList]:
         for block in blocks
         if "BEGIN X509 CRL" in block
     ]
+
+
+def test_revoke_annotation_revokes_and_reissues() -> None:
+    """`trustwarden revoke` only adds an annotation: no data changes, and it must still act."""
+
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        engine = make_engine(kube, clock)
+        setup(engine)
+        engine.scheduler.schedule(("td", "prod"), clock())
+        engine.scheduler.schedule(("wid", "payments", "api"), clock())
+        await drain(engine, clock)
+        observe_written(engine, kube)
+        serial = leaf_serial(kube, "payments", "api-svid")
+        secret = kube.objects[("Secret", "payments", "api-svid")]
+        secret["metadata"]["annotations"]["trustwarden.io/revoke"] = "key leaked in a log"
+        engine.observe_secret(secret)
+        await drain(engine, clock)
+        assert leaf_serial(kube, "payments", "api-svid") != serial
+        crl_pem = kube.objects[("ConfigMap", "payments", "trustwarden-bundle")]["data"][
+            "prod.example.org.crl.pem"
+        ]
+        assert serial in {r.serial_number for c in _crls(crl_pem) for r in c}
+        renewed = kube.objects[("Secret", "payments", "api-svid")]
+        assert "trustwarden.io/revoke" not in renewed["metadata"]["annotations"]
+        assert any(e[2] == "Revoked" and "key leaked in a log" in e[3] for e in kube.events)
+
+    asyncio.run(scenario())

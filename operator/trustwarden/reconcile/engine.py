@@ -294,8 +294,12 @@ class Engine:
         previous = self.secrets.get(key)
         info = SecretInfo.from_body(body, parse_leaf=not is_state, previous=previous)
         self.secrets[key] = info
-        if previous is not None and previous.data_sha256 == info.data_sha256:
-            return
+        if (
+            previous is not None
+            and previous.data_sha256 == info.data_sha256
+            and previous.revoke_request == info.revoke_request
+        ):
+            return  # the echo of our own write, or an edit that changes nothing we act on
         self._poke_secret_owner(info)
 
     def forget_secret(self, namespace: str, name: str) -> None:
