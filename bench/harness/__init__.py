@@ -1,0 +1,1 @@
+"""Building blocks of the trustwarden benchmark harness (bench/run.py)."""

@@ -1,0 +1,914 @@
+"""The benchmark scenarios. Each runs against a fresh operator process (or cert-manager) and
+returns one result dict; see docs/performance.md for the method."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from bench.harness import kube
+from bench.harness.audit import AuditLog
+from bench.harness.cluster import AUDITED_USERS, REPO, BenchCluster
+from bench.harness.events import Events, Watcher
+from bench.harness.processes import CertManager, Operator, Profiler
+from bench.harness.procmon import CpuWindow, Monitor, cpu_seconds, hwm_mib
+from bench.harness.profile import analyse
+
+SETTLE_S = 3.0  # status (2 s) and bundle/ledger (0.5 s) flushes that follow the last issuance
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
+    return round(ordered[rank], 3)
+
+
+def blank(n: int, namespaces: int) -> dict[str, Any]:
+    return {
+        "n": n,
+        "namespaces": namespaces,
+        "p50_s": None,
+        "p95_s": None,
+        "p99_s": None,
+        "certs_per_s": None,
+        "api_writes_per_cert": None,
+        "api_reads_per_cert": None,
+        "peak_rss_mib": None,
+        "cpu_s": None,
+        "errors": 0,
+    }
+
+
+@dataclass
+class Bench:
+    cluster: BenchCluster
+    operator_kubeconfig: Path
+    cert_manager_kubeconfig: Path
+    state: Path
+    log: Callable[[str], None]
+    cert_manager_binary: Path | None = None
+    cert_manager_error: str | None = None
+    cert_manager_version: str | None = None
+    monitor: Monitor = field(default_factory=Monitor)
+    samples: dict[str, Any] = field(default_factory=dict)
+    index: int = 0
+    live: list[Any] = field(default_factory=list)
+    audit: AuditLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.audit = AuditLog(self.cluster.audit_log)
+        self.monitor.start()
+
+    # ---------------------------------------------------------------- plumbing
+
+    def prefix(self) -> str:
+        self.index += 1
+        return f"b{self.index}"
+
+    def watcher(self, tag: str, kinds: list[str]) -> tuple[Watcher, Events]:
+        tag = tag.replace("/", "-")
+        watcher = Watcher(self.cluster.admin_kubeconfig, self.state / f"events-{tag}.jsonl", kinds)
+        self.live.append(watcher)
+        return watcher, watcher.wait_ready()
+
+    def operator(self, opns: str, tag: str) -> Operator:
+        tag = tag.replace("/", "-")
+        op = Operator(self.operator_kubeconfig, opns, self.state / "logs" / f"operator-{tag}.log")
+        self.live.append(op)
+        op.start()
+        self.monitor.watch("trustwarden", op.pid)
+        op.wait_leading()
+        return op
+
+    def pids(self, *extra: tuple[str, int]) -> dict[str, int]:
+        import os
+
+        pids = {**self.cluster.pids(), "harness": os.getpid()}
+        pids.update(dict(extra))
+        return pids
+
+    def domain(self, name: str, td: str) -> None:
+        custom = client.CustomObjectsApi(self.cluster.api)
+        custom.create_cluster_custom_object(
+            kube.GROUP, kube.VERSION, "trustdomains", kube.trust_domain(name, td)
+        )
+        self.wait(
+            lambda: _ready_condition(
+                custom.get_cluster_custom_object(kube.GROUP, kube.VERSION, "trustdomains", name)
+            ),
+            60,
+            f"TrustDomain {name} Ready",
+        )
+
+    def wait(
+        self, probe: Callable[[], Any], timeout: float, what: str, interval: float = 0.2
+    ) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = probe()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+            time.sleep(interval)
+
+    def identities(self, events: Events, items: list[tuple[str, str, dict[str, Any]]]) -> None:
+        created = kube.create_many(self.cluster.api, items, threads=8)
+        if created.errors:
+            raise RuntimeError(f"creating WorkloadIdentities failed: {created.errors[:3]}")
+        keys = {(ns, body["metadata"]["name"]) for _, ns, body in items}
+
+        def all_ready() -> bool:
+            events.poll()
+            return all(("wids", *k) in events.cr_ready for k in keys)
+
+        self.wait(all_ready, 120 + len(items) / 10, "WorkloadIdentities Ready")
+
+    def requests(self, who: str, start: float, end: float) -> dict[str, Any]:
+        counts = self.audit.count(AUDITED_USERS[who], start, end)
+        return counts.as_dict()
+
+    def cleanup(
+        self, namespaces: list[str], *, domain: str | None = None, opns: str | None = None
+    ) -> None:
+        started = time.monotonic()
+        if domain:
+            custom = client.CustomObjectsApi(self.cluster.api)
+            try:
+                custom.delete_cluster_custom_object(
+                    kube.GROUP, kube.VERSION, "trustdomains", domain
+                )
+            except client.ApiException as exc:
+                if exc.status != 404:
+                    raise
+        kube.delete_namespaces(self.cluster.api, [*namespaces, *([opns] if opns else [])])
+        self.log(
+            f"  cleaned up {len(namespaces)} namespace(s) in {time.monotonic() - started:.0f}s"
+        )
+
+    def wait_quiet(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def reap(self) -> None:
+        """Stop every process a scenario left running (after a failure)."""
+        for item in reversed(self.live):
+            try:
+                item.stop()
+            except Exception as exc:
+                self.log(f"  could not stop {item}: {exc}")
+        self.live.clear()
+
+    # ---------------------------------------------------------------- per-pod (burst, steady)
+
+    def per_pod(
+        self,
+        name: str,
+        n: int,
+        namespaces: int,
+        *,
+        rate: float | None = None,
+        threads: int = 16,
+        profile: bool = False,
+        keep: bool = False,
+        ttl: str = "1h",
+        renew_at: str = "50%",
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Create `n` selected pods across `namespaces` namespaces (burst: as fast as possible
+        from a pool of creator threads; steady: at `rate` per second) and time each pod's
+        Secret. Returns (result, state for follow-up scenarios)."""
+        prefix = self.prefix()
+        opns, td = f"{prefix}-tw", f"{prefix}-td"
+        nss = [f"{prefix}-ns{i}" for i in range(namespaces)]
+        self.log(
+            f"[{name}] {n} pods in {namespaces} namespace(s)"
+            + (f" at {rate}/s" if rate else " (burst)")
+        )
+        watcher, events = self.watcher(name, ["pods", "secrets", "wids"])
+        op = self.operator(opns, name)
+        self.domain(td, f"{prefix}.bench.example.org")
+        kube.create_namespaces(self.cluster.api, nss, kube.INJECT)
+        self.identities(
+            events,
+            [
+                ("WorkloadIdentity", ns, kube.per_pod_identity(ns, td, ttl=ttl, renew_at=renew_at))
+                for ns in nss
+            ],
+        )
+        self.wait_quiet(3)
+        items = [("Pod", nss[i % namespaces], kube.pod(f"p{i}", name)) for i in range(n)]
+        profiler = (
+            Profiler(op.pid, self.state / f"profile-{name.replace('/', '-')}.txt")
+            if profile
+            else None
+        )
+        if profiler is not None:
+            self.live.append(profiler)
+        window = CpuWindow(self.pids(("trustwarden", op.pid), ("watcher", watcher.pid))).start()
+        self.monitor.reset_peak("trustwarden")
+        t_start = time.time()
+        created = kube.create_many(
+            self.cluster.api,
+            items,
+            threads=threads,
+            rate=rate,
+            progress=lambda k: self.log(f"  created {k}/{n} pods"),
+        )
+        t_created = time.time()
+        secret_of = {
+            key: (meta.get("annotations") or {}).get("trustwarden.io/secret")
+            for key, meta in created.bodies.items()
+        }
+        expected = {key: s for key, s in secret_of.items() if s}
+        not_injected = [key for key, s in secret_of.items() if not s]
+        timeout = 120 + n / 20
+        last_report = [time.monotonic()]
+
+        def all_issued() -> bool:
+            events.poll()
+            have = sum(1 for (ns, _), s in expected.items() if (ns, s) in events.secrets)
+            if time.monotonic() - last_report[0] > 5:
+                last_report[0] = time.monotonic()
+                self.log(f"  {have}/{len(expected)} Secrets")
+            return have == len(expected)
+
+        try:
+            self.wait(all_issued, timeout, f"{len(expected)} Secrets")
+        except TimeoutError as exc:
+            self.log(f"  {exc}")
+        secret_times = {
+            key: events.secrets[(key[0], s)].first
+            for key, s in expected.items()
+            if (key[0], s) in events.secrets
+        }
+        t_done = max(secret_times.values(), default=time.time())
+        time.sleep(max(0.0, t_done + SETTLE_S - time.time()))
+        usage = window.stop()
+        profile_result = None
+        if profiler is not None:
+            path = profiler.stop()
+            profile_result = analyse(path) if path else {"error": profiler.error}
+        latencies = []
+        for key, t_secret in secret_times.items():
+            t_create = min(created.times[key], events.pods.get(key, created.times[key]))
+            latencies.append(t_secret - t_create)
+        first = min(created.times.values(), default=t_start)
+        requests = self.requests("trustwarden", t_start - 0.5, t_done + SETTLE_S)
+        issued = len(secret_times)
+        result = blank(n, namespaces)
+        result.update(
+            {
+                "p50_s": percentile(latencies, 50),
+                "p95_s": percentile(latencies, 95),
+                "p99_s": percentile(latencies, 99),
+                "max_s": percentile(latencies, 100),
+                "certs_per_s": round(issued / max(t_done - first, 1e-3), 1) if issued else 0,
+                "create_rate_per_s": round(len(created.times) / max(t_created - t_start, 1e-3), 1),
+                "issued": issued,
+                "errors": len(created.errors) + len(not_injected) + (len(expected) - issued),
+                "error_samples": (created.errors + [f"not injected: {k}" for k in not_injected])[
+                    :5
+                ],
+                "api_writes_per_cert": round(requests["writes"] / max(issued, 1), 3),
+                "api_reads_per_cert": round(requests["reads"] / max(issued, 1), 3),
+                "api_requests": requests,
+                "peak_rss_mib": _round(self.monitor.peak("trustwarden")),
+                "cpu_s": usage["cpu_s"].get("trustwarden"),
+                "cpu_ms_per_cert": round(
+                    1000 * usage["cpu_s"].get("trustwarden", 0) / max(issued, 1), 2
+                ),
+                "load": usage,
+                "duration_s": round(t_done - first, 2),
+            }
+        )
+        if profile_result is not None:
+            result["profile"] = profile_result
+            result["crypto_cpu_share"] = profile_result.get("crypto_share")
+        self.samples[name] = {"latencies": sorted(round(x, 4) for x in latencies)}
+        self.log(
+            f"  {issued}/{n} issued, p50 {result['p50_s']}s p99 {result['p99_s']}s, "
+            f"{result['certs_per_s']} certs/s, {result['api_writes_per_cert']} writes/cert, "
+            f"peak RSS {result['peak_rss_mib']} MiB, CPU {result['cpu_s']}s"
+        )
+        state = {
+            "op": op,
+            "opns": opns,
+            "td": td,
+            "namespaces": nss,
+            "watcher": watcher,
+            "events": events,
+            "secrets": {(k[0], s) for k, s in expected.items()},
+        }
+        if not keep:
+            self.finish(state)
+        return result, state
+
+    def finish(self, state: dict[str, Any]) -> None:
+        state["op"].stop()
+        self.monitor.unwatch("trustwarden")
+        state["watcher"].stop()
+        self.cleanup(state["namespaces"], domain=state["td"], opns=state["opns"])
+
+    # ---------------------------------------------------------------- restart
+
+    def restart(
+        self, name: str, state: dict[str, Any], settle: float, *, profile: bool = False
+    ) -> dict[str, Any]:
+        """With every Secret of a finished burst in place, restart the operator: time from the
+        new process's start to 'starting reconciliation', and Secrets re-issued (must be 0)."""
+        events: Events = state["events"]
+        secrets = state["secrets"]
+        n = len(secrets)
+        self.log(f"[{name}] restart with {n} valid certificates")
+        events.poll()
+        before = {key: events.secrets[key].serial for key in secrets if key in events.secrets}
+        state["op"].stop()
+        self.monitor.unwatch("trustwarden")
+        op = Operator(
+            self.operator_kubeconfig, state["opns"], self.state / "logs" / f"operator-{name}.log"
+        )
+        self.live.append(op)
+        op.start()
+        self.monitor.watch("trustwarden", op.pid)
+        t0 = op.started_at
+        profiler = Profiler(op.pid, self.state / f"profile-{name}.txt") if profile else None
+        if profiler is not None:
+            self.live.append(profiler)
+        window = CpuWindow(
+            self.pids(("trustwarden", op.pid), ("watcher", state["watcher"].pid))
+        ).start()
+        listed = op.wait_log("initial listing complete", 600)
+        ready = op.wait_leading(600)
+        time.sleep(settle)
+        t_end = time.time()
+        usage = window.stop()
+        profile_result = None
+        if profiler is not None:
+            path = profiler.stop()
+            profile_result = analyse(path) if path else {"error": profiler.error}
+        events.poll()
+        reissued = sum(
+            1
+            for key in secrets
+            if key in events.secrets and events.secrets[key].serial != before.get(key)
+        )
+        requests = self.requests("trustwarden", t0, t_end)
+        secret_writes = sum(
+            v
+            for k, v in requests["by_verb_resource"].items()
+            if k.split()[0] in ("create", "update", "patch") and k.split()[1] == "secrets"
+        )
+        result = blank(n, len(state["namespaces"]))
+        result.update(
+            {
+                "ready_s": round(ready - t0, 2),
+                "initial_listing_s": round(listed - t0, 2),
+                "reissued": reissued,
+                "secret_writes": secret_writes,
+                "observed_for_s": round(t_end - t0, 1),
+                "api_requests": requests,
+                "api_writes_per_cert": round(requests["writes"] / max(n, 1), 3),
+                "api_reads_per_cert": round(requests["reads"] / max(n, 1), 3),
+                "peak_rss_mib": _round(
+                    max(self.monitor.peak("trustwarden") or 0, hwm_mib(op.pid) or 0)
+                ),
+                "cpu_s": cpu_seconds(op.pid),
+                "load": usage,
+                "errors": reissued,
+            }
+        )
+        if profile_result is not None:
+            result["profile"] = profile_result
+            result["crypto_cpu_share"] = profile_result.get("crypto_share")
+        self.log(
+            f"  ready in {result['ready_s']}s (listing {result['initial_listing_s']}s), "
+            f"{reissued} re-issued, {secret_writes} Secret writes, peak RSS {result['peak_rss_mib']} MiB"
+        )
+        state["op"] = op
+        return result
+
+    # ---------------------------------------------------------------- shared
+
+    def shared(self, name: str, n: int, namespaces: int) -> dict[str, Any]:
+        prefix = self.prefix()
+        opns, td = f"{prefix}-tw", f"{prefix}-td"
+        nss = [f"{prefix}-ns{i}" for i in range(namespaces)]
+        self.log(f"[{name}] {n} Shared identities in {namespaces} namespace(s)")
+        watcher, events = self.watcher(name, ["secrets", "wids"])
+        op = self.operator(opns, name)
+        self.domain(td, f"{prefix}.bench.example.org")
+        kube.create_namespaces(self.cluster.api, nss, {})
+        self.wait_quiet(2)
+        items = [
+            (
+                "WorkloadIdentity",
+                nss[i % namespaces],
+                kube.shared_identity(nss[i % namespaces], f"id{i}", td, ttl="1h"),
+            )
+            for i in range(n)
+        ]
+        window = CpuWindow(self.pids(("trustwarden", op.pid), ("watcher", watcher.pid))).start()
+        self.monitor.reset_peak("trustwarden")
+        result = self._timed_objects(
+            name,
+            "trustwarden",
+            "wids",
+            items,
+            events,
+            window,
+            lambda: self.monitor.peak("trustwarden"),
+        )
+        op.stop()
+        self.monitor.unwatch("trustwarden")
+        watcher.stop()
+        self.cleanup(nss, domain=td, opns=opns)
+        return result
+
+    def _timed_objects(
+        self,
+        name: str,
+        who: str,
+        ready_kind: str,
+        items: list[tuple[str, str, dict[str, Any]]],
+        events: Events,
+        window: CpuWindow,
+        peak: Callable[[], float | None],
+    ) -> dict[str, Any]:
+        n = len(items)
+        namespaces = len({ns for _, ns, _ in items})
+        t_start = time.time()
+        created = kube.create_many(
+            self.cluster.api, items, threads=16, progress=lambda k: self.log(f"  created {k}/{n}")
+        )
+        secret_keys = {
+            (ns, body["metadata"]["name"]): (ns, f"{body['metadata']['name']}-svid")
+            for _, ns, body in items
+        }
+        last_report = [time.monotonic()]
+
+        def done() -> bool:
+            events.poll()
+            secrets = sum(1 for s in secret_keys.values() if s in events.secrets)
+            ready = sum(1 for k in secret_keys if (ready_kind, *k) in events.cr_ready)
+            if time.monotonic() - last_report[0] > 5:
+                last_report[0] = time.monotonic()
+                self.log(f"  {secrets}/{n} Secrets, {ready}/{n} Ready")
+            return secrets == n and ready == n
+
+        try:
+            self.wait(done, 180 + n / 5, f"{n} Secrets and Ready conditions")
+        except TimeoutError as exc:
+            self.log(f"  {exc}")
+        secret_t = {
+            k: events.secrets[s].first for k, s in secret_keys.items() if s in events.secrets
+        }
+        ready_t = {
+            k: events.cr_ready[(ready_kind, *k)]
+            for k in secret_keys
+            if (ready_kind, *k) in events.cr_ready
+        }
+        t_done = max([*secret_t.values(), *ready_t.values()], default=time.time())
+        time.sleep(max(0.0, t_done + SETTLE_S - time.time()))
+        usage = window.stop()
+        first = min(created.times.values(), default=t_start)
+        latencies = [secret_t[k] - created.times[k] for k in secret_t if k in created.times]
+        ready_lat = [ready_t[k] - created.times[k] for k in ready_t if k in created.times]
+        requests = self.requests(who, t_start - 0.5, t_done + SETTLE_S)
+        issued = len(secret_t)
+        result = blank(n, namespaces)
+        result.update(
+            {
+                "tool": who,
+                "p50_s": percentile(latencies, 50),
+                "p95_s": percentile(latencies, 95),
+                "p99_s": percentile(latencies, 99),
+                "max_s": percentile(latencies, 100),
+                "ready_p99_s": percentile(ready_lat, 99),
+                "certs_per_s": round(
+                    issued / max(max(secret_t.values(), default=first) - first, 1e-3), 1
+                )
+                if issued
+                else 0,
+                "time_to_all_secrets_s": round(max(secret_t.values(), default=first) - first, 2),
+                "time_to_all_ready_s": round(max(ready_t.values(), default=first) - first, 2)
+                if ready_t
+                else None,
+                "issued": issued,
+                "ready": len(ready_t),
+                "errors": len(created.errors) + (n - issued) + (n - len(ready_t)),
+                "error_samples": created.errors[:5],
+                "api_writes_per_cert": round(requests["writes"] / max(issued, 1), 3),
+                "api_reads_per_cert": round(requests["reads"] / max(issued, 1), 3),
+                "api_requests": requests,
+                "peak_rss_mib": _round(peak()),
+                "cpu_s": usage["cpu_s"].get(who),
+                "cpu_ms_per_cert": round(1000 * usage["cpu_s"].get(who, 0) / max(issued, 1), 2),
+                "load": usage,
+            }
+        )
+        self.samples[name] = {"latencies": sorted(round(x, 4) for x in latencies)}
+        self.log(
+            f"  {issued}/{n} Secrets, all Ready after {result['time_to_all_ready_s']}s, "
+            f"{result['certs_per_s']} certs/s, {result['api_writes_per_cert']} writes/cert, "
+            f"peak RSS {result['peak_rss_mib']} MiB, CPU {result['cpu_s']}s"
+        )
+        return result
+
+    # ---------------------------------------------------------------- cert-manager
+
+    def cert_manager(self, name: str, n: int, namespaces: int) -> dict[str, Any]:
+        result = blank(n, namespaces)
+        result["tool"] = "cert-manager"
+        if self.cert_manager_binary is None:
+            result["error"] = self.cert_manager_error or "cert-manager was not built"
+            self.log(f"[{name}] skipped: {result['error']}")
+            return result
+        prefix = self.prefix()
+        nss = [f"{prefix}-ns{i}" for i in range(namespaces)]
+        self.log(
+            f"[{name}] cert-manager {self.cert_manager_version}: {n} Certificates in {namespaces} namespace(s)"
+        )
+        self._install_cert_manager()
+        watcher, events = self.watcher(name, ["secrets", "certificates"])
+        cm = CertManager(
+            self.cert_manager_binary,
+            self.cert_manager_kubeconfig,
+            self.state / "logs" / f"{name}.log",
+        )
+        self.live.append(cm)
+        cm.start()
+        self.monitor.watch("cert-manager", cm.pid)
+        custom = client.CustomObjectsApi(self.cluster.api)
+        try:
+            self.wait(
+                lambda: _ready_condition(
+                    custom.get_cluster_custom_object(
+                        "cert-manager.io", "v1", "clusterissuers", "bench-ca"
+                    )
+                ),
+                120,
+                "ClusterIssuer bench-ca Ready",
+            )
+            kube.create_namespaces(self.cluster.api, nss, {})
+            self.wait_quiet(2)
+            items = [
+                (
+                    "Certificate",
+                    nss[i % namespaces],
+                    kube.certificate(
+                        nss[i % namespaces], f"id{i}", "cm.bench.example.org", name, ttl="1h"
+                    ),
+                )
+                for i in range(n)
+            ]
+            window = CpuWindow(
+                self.pids(("cert-manager", cm.pid), ("watcher", watcher.pid))
+            ).start()
+            self.monitor.reset_peak("cert-manager")
+            result = self._timed_objects(
+                name,
+                "cert-manager",
+                "certificates",
+                items,
+                events,
+                window,
+                lambda: self.monitor.peak("cert-manager"),
+            )
+            result["version"] = self.cert_manager_version
+        finally:
+            cm.stop()
+            self.monitor.unwatch("cert-manager")
+            watcher.stop()
+            self.cleanup(nss)
+        return result
+
+    def _install_cert_manager(self) -> None:
+        assert self.cert_manager_binary is not None
+        crds = self.cert_manager_binary.parent / "crds"
+        self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
+        for crd in ("certificates", "certificaterequests", "issuers", "clusterissuers"):
+            self.cluster.kubectl(
+                "wait", "--for=condition=Established", f"crd/{crd}.cert-manager.io", "--timeout=60s"
+            )
+        core = self.cluster.core
+        kube.ignore_conflict(lambda: core.create_namespace({"metadata": {"name": "cert-manager"}}))
+        cert_pem, key_pem = _ca_pem()
+        kube.ignore_conflict(
+            lambda: core.create_namespaced_secret(
+                "cert-manager",
+                {
+                    "metadata": {"name": "bench-ca"},
+                    "type": "kubernetes.io/tls",
+                    "data": {"tls.crt": _b64(cert_pem), "tls.key": _b64(key_pem)},
+                },
+            )
+        )
+        custom = client.CustomObjectsApi(self.cluster.api)
+        kube.ignore_conflict(
+            lambda: custom.create_cluster_custom_object(
+                "cert-manager.io",
+                "v1",
+                "clusterissuers",
+                {
+                    "apiVersion": "cert-manager.io/v1",
+                    "kind": "ClusterIssuer",
+                    "metadata": {"name": "bench-ca"},
+                    "spec": {"ca": {"secretName": "bench-ca"}},
+                },
+            )
+        )
+
+    # ---------------------------------------------------------------- rotation sweep
+
+    def rotation_sweep(
+        self, name: str, n: int, namespaces: int, *, ttl: str, renew_at: str
+    ) -> dict[str, Any]:
+        """Issue `n` short-lived SVIDs in a burst, then watch every Secret's first renewal (a
+        serial change) and compare the busiest second with the mean rate."""
+        issued, state = self.per_pod(
+            name + "/issue", n, namespaces, keep=True, ttl=ttl, renew_at=renew_at
+        )
+        events: Events = state["events"]
+        secrets = state["secrets"]
+        fraction = float(renew_at.rstrip("%")) / 100
+        lifetime = _seconds(ttl)
+        horizon = lifetime * fraction + issued.get("duration_s", 0) + 120
+        self.log(
+            f"[{name}] waiting for {len(secrets)} renewals (due {lifetime * fraction * 0.5:.0f}-{lifetime * fraction:.0f}s after issuance)"
+        )
+        window = CpuWindow(
+            self.pids(("trustwarden", state["op"].pid), ("watcher", state["watcher"].pid))
+        ).start()
+        last_report = [time.monotonic()]
+
+        def renewed() -> bool:
+            events.poll()
+            count = sum(1 for k in secrets if k in events.secrets and events.secrets[k].changes)
+            if time.monotonic() - last_report[0] > 10:
+                last_report[0] = time.monotonic()
+                self.log(f"  {count}/{len(secrets)} renewed")
+            return count == len(secrets)
+
+        try:
+            self.wait(renewed, horizon, "every certificate's first renewal", interval=0.5)
+        except TimeoutError as exc:
+            self.log(f"  {exc}")
+        times = sorted(
+            events.secrets[k].changes[0][0]
+            for k in secrets
+            if k in events.secrets and events.secrets[k].changes
+        )
+        t_end = (times[-1] if times else time.time()) + SETTLE_S
+        time.sleep(max(0.0, t_end - time.time()))
+        usage = window.stop()
+        result = blank(n, namespaces)
+        result.update(
+            {
+                "ttl": ttl,
+                "renew_at": renew_at,
+                "issue": {k: issued[k] for k in ("p50_s", "p99_s", "certs_per_s", "duration_s")},
+            }
+        )
+        if times:
+            span = max(times[-1] - times[0], 1.0)
+            buckets: dict[int, int] = {}
+            for t in times:
+                buckets[int(t - times[0])] = buckets.get(int(t - times[0]), 0) + 1
+            mean = len(times) / (int(span) + 1)
+            peak = max(buckets.values())
+            requests = self.requests("trustwarden", times[0] - 0.5, t_end)
+            result.update(
+                {
+                    "renewals": len(times),
+                    "renewal_window_s": round(span, 1),
+                    "mean_renewals_per_s": round(mean, 2),
+                    "peak_renewals_per_s": peak,
+                    "peak_to_mean": round(peak / mean, 2),
+                    "certs_per_s": round(mean, 2),
+                    "api_requests": requests,
+                    "api_writes_per_cert": round(requests["writes"] / len(times), 3),
+                    "api_reads_per_cert": round(requests["reads"] / len(times), 3),
+                    "peak_rss_mib": _round(self.monitor.peak("trustwarden")),
+                    "cpu_s": usage["cpu_s"].get("trustwarden"),
+                    "load": usage,
+                    "errors": len(secrets) - len(times),
+                    "issue_window_s": issued.get("duration_s"),
+                }
+            )
+            self.samples[name] = {
+                "renewal_offsets": [round(t - times[0], 3) for t in times],
+                "renewals_per_s": [buckets.get(i, 0) for i in range(int(span) + 1)],
+            }
+            self.log(
+                f"  {len(times)} renewals over {span:.0f}s: mean {mean:.1f}/s, peak {peak}/s "
+                f"(peak/mean {result['peak_to_mean']}), {result['api_writes_per_cert']} writes/renewal"
+            )
+        else:
+            result["errors"] = len(secrets)
+        self.finish(state)
+        return result
+
+    # ---------------------------------------------------------------- CA rotation fan-out
+
+    def ca_fanout(self, name: str, namespaces: int, activate_after: str = "30s") -> dict[str, Any]:
+        prefix = self.prefix()
+        opns, td = f"{prefix}-tw", f"{prefix}-td"
+        nss = [f"{prefix}-ns{i}" for i in range(namespaces)]
+        self.log(f"[{name}] forced CA rotation across {namespaces} namespaces")
+        watcher, events = self.watcher(name, ["secrets", "wids", "bundles", "trustdomains"])
+        op = self.operator(opns, name)
+        self.domain(td, f"{prefix}.bench.example.org")
+        kube.create_namespaces(self.cluster.api, nss, {})
+        self.identities(
+            events,
+            [("WorkloadIdentity", ns, kube.shared_identity(ns, "api", td, ttl="1h")) for ns in nss],
+        )
+
+        def active_sha() -> str | None:
+            events.poll()
+            for sha, state in events.authorities.get(td, []):
+                if state == "Active":
+                    return sha
+            return None
+
+        old = self.wait(active_sha, 60, "the active authority in status")
+
+        def holds(ns: str, sha: str) -> float | None:
+            for t, anchors in events.bundles.get(ns, []):
+                if sha in anchors:
+                    return t
+            return None
+
+        self.wait(
+            lambda: (events.poll(), all(holds(ns, old) for ns in nss))[1],
+            120,
+            "every bundle to hold the anchor",
+        )
+        self.wait(
+            lambda: all((ns, "api-svid") in events.secrets for ns in nss), 120, "every Secret"
+        )
+        self.wait_quiet(3)
+        window = CpuWindow(self.pids(("trustwarden", op.pid), ("watcher", watcher.pid))).start()
+        self.monitor.reset_peak("trustwarden")
+        custom = client.CustomObjectsApi(self.cluster.api)
+        rotation_id = f"bench-{int(time.time())}"
+        custom.patch_cluster_custom_object(
+            kube.GROUP,
+            kube.VERSION,
+            "trustdomains",
+            td,
+            {
+                "metadata": {
+                    "annotations": {
+                        "trustwarden.io/rotate": rotation_id,
+                        "trustwarden.io/activate-after": activate_after,
+                    }
+                }
+            },
+        )
+        t0 = time.time()
+
+        def new_sha() -> str | None:
+            events.poll()
+            for sha, _state in events.authorities.get(td, []):
+                if sha != old:
+                    return sha
+            return None
+
+        new = self.wait(new_sha, 60, "a new authority in status")
+        per_ns: dict[str, float] = {}
+        try:
+
+            def fanned_out() -> bool:
+                events.poll()
+                for ns in nss:
+                    if ns not in per_ns:
+                        t = holds(ns, new)
+                        if t is not None:
+                            per_ns[ns] = t
+                return len(per_ns) == len(nss)
+
+            self.wait(fanned_out, 180, "every bundle to hold the new anchor")
+        except TimeoutError as exc:
+            self.log(f"  {exc}")
+        t_fanout = max(per_ns.values(), default=time.time())
+
+        def reissued() -> bool:
+            events.poll()
+            return all(
+                (ns, "api-svid") in events.secrets
+                and events.secrets[(ns, "api-svid")].issuer == new
+                for ns in nss
+            )
+
+        reissue_s = None
+        try:
+            self.wait(reissued, 240, "every leaf re-issued by the new authority", interval=0.5)
+            reissue_s = round(time.time() - t0, 2)
+        except TimeoutError as exc:
+            self.log(f"  {exc}")
+        usage = window.stop()
+        requests_fanout = self.requests("trustwarden", t0 - 0.5, t_fanout + 0.5)
+        bundle_writes = sum(
+            v
+            for k, v in requests_fanout["by_verb_resource"].items()
+            if k.split()[0] in ("create", "update", "patch") and k.split()[1] == "configmaps"
+        )
+        latencies = [t - t0 for t in per_ns.values()]
+        result = blank(namespaces, namespaces)
+        result.update(
+            {
+                "p50_s": percentile(latencies, 50),
+                "p95_s": percentile(latencies, 95),
+                "p99_s": percentile(latencies, 99),
+                "fanout_s": round(t_fanout - t0, 2) if per_ns else None,
+                "bundles_updated": len(per_ns),
+                "configmap_writes_during_fanout": bundle_writes,
+                "activate_after": activate_after,
+                "all_leaves_reissued_s": reissue_s,
+                "api_requests": requests_fanout,
+                "api_writes_per_cert": round(requests_fanout["writes"] / max(len(per_ns), 1), 3),
+                "api_reads_per_cert": round(requests_fanout["reads"] / max(len(per_ns), 1), 3),
+                "per": "namespace bundle",
+                "peak_rss_mib": _round(self.monitor.peak("trustwarden")),
+                "cpu_s": usage["cpu_s"].get("trustwarden"),
+                "load": usage,
+                "errors": len(nss) - len(per_ns),
+            }
+        )
+        self.samples[name] = {"bundle_latencies": sorted(round(x, 4) for x in latencies)}
+        self.log(
+            f"  every bundle held the new anchor after {result['fanout_s']}s "
+            f"({bundle_writes} ConfigMap writes), all leaves re-issued after {reissue_s}s"
+        )
+        op.stop()
+        self.monitor.unwatch("trustwarden")
+        watcher.stop()
+        self.cleanup(nss, domain=td, opns=opns)
+        return result
+
+
+def _ready_condition(obj: dict[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (obj.get("status") or {}).get("conditions") or ()
+    )
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _seconds(text: str) -> float:
+    units = {"h": 3600, "m": 60, "s": 1}
+    return float(text[:-1]) * units[text[-1]]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _ca_pem() -> tuple[bytes, bytes]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cert-manager bench CA")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=90))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return (
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+
+
+__all__ = ["REPO", "Bench"]
