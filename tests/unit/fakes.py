@@ -50,6 +50,20 @@ class FakeKube:
         found = self.objects.get((kind, namespace, name))
         return copy.deepcopy(found) if found is not None else None
 
+    async def list_all(
+        self, kind: str, *, label_selector: str, namespaces: list[str] | None = None
+    ) -> list[Body]:
+        self.calls["list"] += 1
+        key, _, value = label_selector.partition("=")
+        return [
+            copy.deepcopy(body)
+            for (k, ns, _), body in self.objects.items()
+            if k == kind
+            and (namespaces is None or ns in namespaces)
+            and key in (body["metadata"].get("labels") or {})
+            and (not value or body["metadata"]["labels"][key] == value)
+        ]
+
     async def create(self, kind: str, namespace: str, body: Body) -> Body:
         self.calls["create"] += 1
         key = (kind, namespace, str(body["metadata"]["name"]))

@@ -231,3 +231,24 @@ def test_revoke_annotation_revokes_and_reissues() -> None:
         assert any(e[2] == "Revoked" and "key leaked in a log" in e[3] for e in kube.events)
 
     asyncio.run(scenario())
+
+
+def test_prime_fills_caches_and_resync_drops_ghosts() -> None:
+    """Pods and Secrets are listed by the engine before watching; anything deleted between
+    that listing and the watch's own is forgotten by the resync, never served."""
+
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        first = make_engine(kube, clock)
+        setup(first)
+        first.scheduler.schedule(("td", "prod"), clock())
+        first.scheduler.schedule(("wid", "payments", "api"), clock())
+        await drain(first, clock)
+        second = make_engine(kube, clock)
+        await second.prime()
+        assert ("payments", "api-svid") in second.secrets
+        del kube.objects[("Secret", "payments", "api-svid")]  # gone before the watch started
+        await second._resync()
+        assert ("payments", "api-svid") not in second.secrets
+
+    asyncio.run(scenario())

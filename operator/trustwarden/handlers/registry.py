@@ -1,9 +1,11 @@
 """Thin kopf adapters: every handler hands the object to the engine and returns.
 
 Index handlers run for every event, including the initial listing, and kopf holds every other
-handler back until all indexes have their first full listing. So the engine's caches are
-complete before it starts, and a restart re-issues nothing that is still valid.
-Deletions come through `on.event`. No handler here uses kopf's per-object state: nothing is
+handler back until all indexes have their first full listing. The small sets (TrustDomains,
+WorkloadIdentities, namespaces, our ConfigMaps) are cached that way; the large ones (labelled
+pods, managed Secrets) are listed by the engine itself before kopf starts (Engine.prime) and
+then kept current by `on.event`. So the caches are complete before reconciliation starts, and a
+restart re-issues nothing that is still valid. Deletions come through `on.event`. No handler here uses kopf's per-object state: nothing is
 written to pods, Secrets or custom resources by kopf itself (no finalizers, no annotations).
 """
 
@@ -52,14 +54,6 @@ def build_registry() -> kopf.OperatorRegistry:
     async def index_namespaces(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         _services(memo).engine.observe_namespace(body)
 
-    @kopf.index("v1", "pods", registry=registry)
-    async def index_pods(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        _services(memo).engine.observe_pod(body)
-
-    @kopf.index("v1", "secrets", registry=registry)
-    async def index_secrets(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        _services(memo).engine.observe_secret(body)
-
     @kopf.index("v1", "configmaps", registry=registry)
     async def index_configmaps(
         body: kopf.Body, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
@@ -97,14 +91,18 @@ def build_registry() -> kopf.OperatorRegistry:
         services = _started(memo)
         if type == "DELETED":
             services.engine.forget_pod(body)
+        else:
+            services.engine.observe_pod(body)
 
     @kopf.on.event("v1", "secrets", registry=registry)
     async def secret_event(
-        type: str, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
+        type: str, body: kopf.Body, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
     ) -> None:
         services = _started(memo)
         if type == "DELETED":
             services.engine.forget_secret(str(namespace), name)
+        else:
+            services.engine.observe_secret(body)
 
     @kopf.on.event("v1", "configmaps", registry=registry)
     async def configmap_event(

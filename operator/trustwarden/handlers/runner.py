@@ -155,6 +155,12 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
     key_path.touch(mode=0o600)
     key_path.write_bytes(serving.key_pem)
 
+    # The large caches (labelled pods, managed Secrets) are listed before kopf starts.
+    await engine.prime(
+        sorted({*config.watch_namespaces, config.operator_namespace})
+        if config.watch_namespaces
+        else None
+    )
     registry = build_registry()
 
     @kopf.on.login(registry=registry)

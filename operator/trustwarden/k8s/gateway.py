@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from kubernetes import client, config
@@ -132,6 +133,50 @@ class KubeGateway:
             )
         except NotFoundError:
             return None
+
+    async def list_all(
+        self, kind: str, *, label_selector: str, namespaces: list[str] | None = None
+    ) -> list[Body]:
+        """Every Pod or Secret matching a label selector, paginated (500 per page)."""
+        scopes: list[str | None] = list(namespaces) if namespaces else [None]
+        items: list[Body] = []
+        for scope in scopes:
+            token: str | None = None
+            while True:
+                page = await self._call(
+                    partial(self._list_page, kind, scope, label_selector, token)
+                )
+                items.extend(page.get("items") or ())
+                token = (page.get("metadata") or {}).get("continue") or None
+                if not token:
+                    break
+        return items
+
+    def _list_page(
+        self, kind: str, namespace: str | None, selector: str, token: str | None
+    ) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "label_selector": selector,
+            "limit": 500,
+            "_preload_content": False,
+        }
+        if token:
+            kwargs["_continue"] = token
+        if kind == "Pod":
+            call = (
+                self.core.list_namespaced_pod(namespace, **kwargs)
+                if namespace
+                else self.core.list_pod_for_all_namespaces(**kwargs)
+            )
+        elif kind == "Secret":
+            call = (
+                self.core.list_namespaced_secret(namespace, **kwargs)
+                if namespace
+                else self.core.list_secret_for_all_namespaces(**kwargs)
+            )
+        else:
+            raise ValueError(f"cannot list {kind}")
+        return self._json(call)
 
     async def create(self, kind: str, namespace: str, body: Body) -> Body:
         if kind == "Secret":

@@ -182,6 +182,9 @@ class Engine:
         self.recent_events: dict[tuple[str, str, str], float] = {}
         self.bundle_conflicts: set[str] = set()
         self.ledger = Ledger()
+        self._observed_seq = 0
+        self._seen: dict[tuple[str, str, str], int] = {}
+        self._prime_scope: list[str] | None = None
         self._ca_pem_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], bytes] = {}
         self._ledger_flushed_at: datetime | None = None
         self.started = False
@@ -201,6 +204,7 @@ class Engine:
         for ns, name in self.pods:
             self.scheduler.schedule(("pod", ns, name))
         self.scheduler.schedule(("catchup",))
+        self.scheduler.schedule(("resync",), self.clock() + timedelta(seconds=20))
         self.dirty_bundles.update(self.namespaces)
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -229,6 +233,49 @@ class Engine:
             self.scheduler.schedule(key, at)
 
     # ------------------------------------------------------------------ observation
+
+    async def prime(self, namespaces: list[str] | None = None) -> None:
+        """Load every labelled pod and managed Secret before watching starts.
+
+        The large sets are listed here rather than through kopf indexes: kopf holds every
+        handler until all indexes are complete and wakes all waiting workers per indexed
+        object, which grows with the square of the object count at start-up."""
+        for body in await self.kube.list_all(
+            "Pod", label_selector=IDENTITY_LABEL, namespaces=namespaces
+        ):
+            self.observe_pod(body)
+        for body in await self.kube.list_all(
+            "Secret", label_selector=f"{MANAGED_BY}={MANAGER}", namespaces=namespaces
+        ):
+            self.observe_secret(body)
+        self._prime_scope = namespaces
+
+    async def _resync(self) -> None:
+        """Once after start: forget pods and Secrets deleted between our listing and the
+        watch's own (the watch never reports those), so no ghost is served."""
+        mark = self._observed_seq
+        pods = await self.kube.list_all(
+            "Pod", label_selector=IDENTITY_LABEL, namespaces=self._prime_scope
+        )
+        secrets = await self.kube.list_all(
+            "Secret", label_selector=f"{MANAGED_BY}={MANAGER}", namespaces=self._prime_scope
+        )
+        live_pods = {_ns_name(b) for b in pods}
+        live_secrets = {_ns_name(b) for b in secrets}
+        for key in [
+            k for k in self.pods if k not in live_pods and self._seen.get(("pod", *k), 0) <= mark
+        ]:
+            self.forget_pod({"metadata": {"namespace": key[0], "name": key[1]}})
+        for key in [
+            k
+            for k in self.secrets
+            if k not in live_secrets and self._seen.get(("secret", *k), 0) <= mark
+        ]:
+            self.forget_secret(*key)
+
+    def _note_seen(self, kind: str, namespace: str, name: str) -> None:
+        self._observed_seq += 1
+        self._seen[(kind, namespace, name)] = self._observed_seq
 
     def observe_namespace(self, body: Mapping[str, Any]) -> None:
         info = NamespaceInfo.from_body(body)
@@ -276,6 +323,7 @@ class Engine:
     def observe_pod(self, body: Mapping[str, Any]) -> None:
         info = PodInfo.from_body(body)
         key = (info.namespace, info.name)
+        self._note_seen("pod", *key)
         previous = self.pods.get(key)
         if previous is not None and previous.identity and previous.identity != info.identity:
             self.pods_by_wid[(info.namespace, previous.identity)].discard(info.name)
@@ -289,6 +337,7 @@ class Engine:
         info = PodInfo.from_body(body)
         key = (info.namespace, info.name)
         known = self.pods.pop(key, None) or info
+        self._seen.pop(("pod", *key), None)
         if known.identity:
             self.pods_by_wid[(known.namespace, known.identity)].discard(known.name)
             self.dirty_status.add(("wid", known.namespace, known.identity))
@@ -302,6 +351,7 @@ class Engine:
         namespace = str(meta.get("namespace"))
         is_state = namespace == self.config.operator_namespace
         key = (namespace, str(meta.get("name")))
+        self._note_seen("secret", *key)
         previous = self.secrets.get(key)
         info = SecretInfo.from_body(body, parse_leaf=not is_state, previous=previous)
         self.secrets[key] = info
@@ -315,6 +365,7 @@ class Engine:
 
     def forget_secret(self, namespace: str, name: str) -> None:
         info = self.secrets.pop((namespace, name), None)
+        self._seen.pop(("secret", namespace, name), None)
         if info is not None:
             self._poke_secret_owner(info)
 
@@ -373,6 +424,8 @@ class Engine:
                 await self._revoke_orphan(key[1], key[2], key[3])
             elif kind == "catchup":
                 await self._catch_up()
+            elif kind == "resync":
+                await self._resync()
             self.failures.pop(key, None)
         except ConflictError:
             self.scheduler.schedule(key, self.clock() + timedelta(seconds=0.2 + random.random()))  # noqa: S311
@@ -1863,3 +1916,8 @@ class _CAError(PKIError):
 
 def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
+
+
+def _ns_name(body: Mapping[str, Any]) -> tuple[str, str]:
+    meta = body.get("metadata") or {}
+    return str(meta.get("namespace")), str(meta.get("name"))
