@@ -17,7 +17,8 @@ from tests.unit.fakes import (
     trust_domain,
     workload_identity,
 )
-from trustwarden.reconcile.engine import Engine
+from trustwarden.metrics import Metrics
+from trustwarden.reconcile.engine import Engine, EngineConfig
 
 
 def secret_of(kube: FakeKube, ns: str, name: str) -> dict[str, object] | None:
@@ -250,5 +251,33 @@ def test_prime_fills_caches_and_resync_drops_ghosts() -> None:
         del kube.objects[("Secret", "payments", "api-svid")]  # gone before the watch started
         await second._resync()
         assert ("payments", "api-svid") not in second.secrets
+
+    asyncio.run(scenario())
+
+
+def test_namespace_scoped_mode_never_writes_outside_its_namespaces() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        config = EngineConfig(
+            operator_namespace="trustwarden-system",
+            ledger_interval=timedelta(0),
+            watch_namespaces=frozenset({"payments", "trustwarden-system"}),
+        )
+        engine = Engine(kube, config, Metrics(), clock=clock)
+        setup(engine)
+        engine.observe_namespace(namespace("gateway", {"edge": "yes"}))
+        td = trust_domain(
+            spec={
+                "trustDomain": "prod.example.org",
+                "ca": {"selfSigned": {}},
+                "bundle": {"namespaceSelector": {"matchLabels": {"edge": "yes"}}},
+            }
+        )
+        engine.observe_trust_domain(td)
+        engine.scheduler.schedule(("td", "prod"), clock())
+        engine.scheduler.schedule(("wid", "payments", "api"), clock())
+        await drain(engine, clock)
+        assert ("ConfigMap", "payments", "trustwarden-bundle") in kube.objects
+        assert ("ConfigMap", "gateway", "trustwarden-bundle") not in kube.objects
 
     asyncio.run(scenario())

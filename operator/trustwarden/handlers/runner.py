@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import kopf
+from cryptography.hazmat.primitives import serialization
 from kubernetes import client
 from prometheus_client import start_http_server
 
 from trustwarden.handlers.registry import WEBHOOK_ID, build_registry
 from trustwarden.handlers.services import OperatorConfig, Services
-from trustwarden.handlers.webhook_tls import ServingCertificate, make_serving_certificate
+from trustwarden.handlers.webhook_tls import (
+    ServingCertificate,
+    SharedServingCertificate,
+    ca_bundle_b64,
+    expires_soon,
+    issuing_ca,
+    make_serving_certificate,
+    service_hosts,
+)
 from trustwarden.k8s.gateway import KubeGateway, load_api_client
 from trustwarden.k8s.leader import LeaderElector
 from trustwarden.metrics import Metrics
@@ -123,13 +134,61 @@ async def _ensure_namespace(api: client.ApiClient, name: str) -> None:
         )
 
 
+CA_BUNDLE_SYNC_SECONDS = 15.0
+
+
+async def _keep_ca_bundle(
+    shared: SharedServingCertificate,
+    config: OperatorConfig,
+    serving: ServingCertificate,
+    stop: asyncio.Event,
+) -> None:
+    """In-cluster: keep the webhook configuration's caBundle equal to the shared Secret's
+    ca.crt (a `helm upgrade` or a GitOps sync may put the chart's placeholder back), and stop
+    this replica when its certificate is no longer the shared one or is about to expire:
+    Kubernetes restarts it, and the restart picks up (or rotates) the shared certificate."""
+    own_ca = issuing_ca(serving)
+    while not stop.is_set():
+        try:
+            stored = await asyncio.to_thread(shared.read)
+            current = stored[0] if stored is not None else None
+            if (
+                current is None
+                or own_ca is None
+                or own_ca.public_bytes(serialization.Encoding.PEM) not in current.ca_pem
+            ):
+                log.error(
+                    "webhook serving certificate %s/%s was replaced or deleted; restarting to "
+                    "serve the current one",
+                    shared.namespace,
+                    shared.secret_name,
+                )
+                stop.set()
+                return
+            await asyncio.to_thread(
+                shared.sync_ca_bundle, config.webhook_configuration, ca_bundle_b64(current)
+            )
+            if expires_soon(serving, datetime.now(UTC)):
+                log.warning("webhook serving certificate expires soon; restarting to rotate it")
+                stop.set()
+                return
+        except Exception as exc:  # keep serving; the API may be briefly unavailable
+            log.warning("could not check the webhook caBundle: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=CA_BUNDLE_SYNC_SECONDS)
+
+
 async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None) -> None:
     api = load_api_client(config.kubeconfig, config.context)
-    gateway = KubeGateway(api, instance=config.identity, event_namespace=config.operator_namespace)
+    gateway = KubeGateway(api, instance=config.identity)
     metrics = Metrics()
     engine = Engine(
         gateway,
-        EngineConfig(operator_namespace=config.operator_namespace, concurrency=config.concurrency),
+        EngineConfig(
+            operator_namespace=config.operator_namespace,
+            concurrency=config.concurrency,
+            watch_namespaces=frozenset(config.watch_namespaces) or None,
+        ),
         metrics,
     )
     services = Services(config=config, engine=engine, gateway=gateway, metrics=metrics)
@@ -140,15 +199,21 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
             config.metrics_port, addr=config.metrics_address, registry=metrics.registry
         )
 
-    hosts = (
-        ["127.0.0.1"]
-        if config.local
-        else [
-            f"{config.webhook_service}.{config.operator_namespace}.svc",
-            f"{config.webhook_service}.{config.operator_namespace}.svc.cluster.local",
-        ]
-    )
-    serving: ServingCertificate = make_serving_certificate(hosts)
+    shared: SharedServingCertificate | None = None
+    if config.local:
+        hosts = ["127.0.0.1"]
+        serving: ServingCertificate = make_serving_certificate(hosts)
+    elif config.webhook_service:
+        # Every replica behind the Service serves the one certificate kept in a Secret.
+        hosts = service_hosts(config.webhook_service, config.operator_namespace)
+        shared = SharedServingCertificate(
+            api, namespace=config.operator_namespace, service=config.webhook_service
+        )
+        serving = await asyncio.to_thread(shared.ensure)
+    else:
+        # No Service in front: the webhook is served but registered nowhere.
+        hosts = ["localhost"]
+        serving = make_serving_certificate(hosts)
     tls_dir = Path(tempfile.mkdtemp(prefix="trustwarden-webhook-"))
     (tls_dir / "tls.crt").write_bytes(serving.cert_pem)
     key_path = tls_dir / "tls.key"
@@ -178,10 +243,17 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
     )
     settings.admission.managed = None
 
-    url = f"https://127.0.0.1:{config.webhook_port}/{WEBHOOK_ID}" if config.local else None
-    if config.local or config.webhook_service:
+    if config.local:
+        url = f"https://127.0.0.1:{config.webhook_port}/{WEBHOOK_ID}"
         await gateway.upsert_webhook_configuration(
             webhook_configuration(config, serving.ca_pem, url)
+        )
+    elif shared is not None:
+        await asyncio.to_thread(
+            shared.sync_ca_bundle,
+            config.webhook_configuration,
+            ca_bundle_b64(serving),
+            create=webhook_configuration(config, serving.ca_pem, None),
         )
 
     elector: LeaderElector | None = None
@@ -213,6 +285,12 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
 
     if elector is not None:
         elector.on_change = lost
+    if shared is not None:
+        tasks.append(
+            asyncio.create_task(
+                _keep_ca_bundle(shared, config, serving, operator_stop), name="webhook-ca-bundle"
+            )
+        )
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
     try:
         await kopf.operator(

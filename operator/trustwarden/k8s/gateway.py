@@ -60,14 +60,15 @@ class KubeGateway:
         *,
         workers: int = 16,
         instance: str = "trustwarden",
-        event_namespace: str = "trustwarden-system",
+        event_namespace: str = "default",
     ) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.events = client.EventsV1Api(api)
         self.instance = instance
-        # Events about cluster-scoped objects (TrustDomains) go to the operator namespace.
+        # The API server accepts Events about cluster-scoped objects (TrustDomains) only in
+        # `default`; the parameter stays for clusters that relax that.
         self.event_namespace = event_namespace
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="k8s")
 

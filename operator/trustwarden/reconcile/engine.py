@@ -107,6 +107,8 @@ class EngineConfig:
     # The ledger only matters if the operator dies with pods deleted during its outage:
     # batching it wider trades a few seconds of that window for far fewer writes.
     ledger_interval: timedelta = timedelta(seconds=5)
+    # Namespace-scoped mode: never write outside these namespaces (RBAC would refuse anyway).
+    watch_namespaces: frozenset[str] | None = None
 
 
 @dataclass
@@ -185,6 +187,7 @@ class Engine:
         self._observed_seq = 0
         self._seen: dict[tuple[str, str, str], int] = {}
         self._prime_scope: list[str] | None = None
+        self._ca_series: dict[str, set[tuple[str, str, str]]] = {}
         self._ca_pem_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], bytes] = {}
         self._ledger_flushed_at: datetime | None = None
         self.started = False
@@ -937,12 +940,18 @@ class Engine:
     def _publish_ca_metrics(self, runtime: DomainRuntime) -> None:
         if runtime.authorities is None:
             return
-        for record in runtime.authorities.records:
-            self.metrics.ca_not_after.labels(
-                trust_domain=runtime.trust_domain,
-                serial=record.serial_hex,
-                state=record.state.value,
-            ).set(record.authority.not_after.timestamp())
+        current = {
+            (runtime.trust_domain, r.serial_hex, r.state.value): r.authority.not_after.timestamp()
+            for r in runtime.authorities.records
+        }
+        # Drop series of authorities that changed state or were dropped, so no stale
+        # Prepared/Active series lingers next to the current one.
+        for labels in self._ca_series.get(runtime.name, set()) - set(current):
+            with contextlib.suppress(KeyError):
+                self.metrics.ca_not_after.remove(*labels)
+        for labels, value in current.items():
+            self.metrics.ca_not_after.labels(*labels).set(value)
+        self._ca_series[runtime.name] = set(current)
 
     def _reschedule_domain_identities(self, domain_name: str) -> None:
         for (ns, name), spec in self.wids.items():
@@ -965,6 +974,9 @@ class Engine:
         """The domains whose anchors `namespace` may hold: its identities' domains (when the
         domain's policy allows the namespace), their federatesWith (same check), and domains
         whose bundle.namespaceSelector selects it. Never anything else."""
+        scope = self.config.watch_namespaces
+        if scope is not None and namespace not in scope:
+            return []
         chosen: dict[str, DomainRuntime] = {}
         for name in self.wids_by_ns.get(namespace, ()):
             spec = self.wids[(namespace, name)]
