@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 include hack/versions.env
-CACHE_ROOT ?= $(HOME)/.cache/trustwarden
+CACHE_ROOT ?= $(or $(TRUSTWARDEN_CACHE),$(HOME)/.cache/trustwarden)
 KUBECTL := $(CACHE_ROOT)/kubernetes/$(KUBE_VERSION)/kubectl
 HELM := $(CACHE_ROOT)/helm/$(HELM_VERSION)/helm
 export TRUSTWARDEN_KUBECTL := $(KUBECTL)
