@@ -50,14 +50,20 @@ def setup(engine: Engine) -> None:
     engine.observe_workload_identity(workload_identity("payments", "api"))
 
 
+async def issued(kube: FakeKube, clock: FakeClock, *extra_keys: tuple[str, ...]) -> Engine:
+    """An engine that has reconciled the domain and the Shared identity `payments/api`."""
+    engine = make_engine(kube, clock)
+    setup(engine)
+    for key in (("td", "prod"), ("wid", "payments", "api"), *extra_keys):
+        engine.scheduler.schedule(key, clock())
+    await drain(engine, clock)
+    return engine
+
+
 def test_shared_issue_costs_one_secret_write_and_one_bundle_write() -> None:
     async def scenario() -> None:
         kube, clock = FakeKube(), FakeClock()
-        engine = make_engine(kube, clock)
-        setup(engine)
-        engine.scheduler.schedule(("td", "prod"), clock())
-        engine.scheduler.schedule(("wid", "payments", "api"), clock())
-        await drain(engine, clock)
+        await issued(kube, clock)
         secret = secret_of(kube, "payments", "api-svid")
         assert secret is not None and secret["type"] == "kubernetes.io/tls"
         annotations = secret["metadata"]["annotations"]  # type: ignore[index]
@@ -90,11 +96,7 @@ def test_shared_issue_costs_one_secret_write_and_one_bundle_write() -> None:
 def test_restart_with_valid_certificates_writes_nothing() -> None:
     async def scenario() -> None:
         kube, clock = FakeKube(), FakeClock()
-        first = make_engine(kube, clock)
-        setup(first)
-        first.scheduler.schedule(("td", "prod"), clock())
-        first.scheduler.schedule(("wid", "payments", "api"), clock())
-        await drain(first, clock)
+        await issued(kube, clock)
         serial = leaf_serial(kube, "payments", "api-svid")
         clock.advance(timedelta(minutes=5))
         # A new process: caches are filled from the API (as kopf's indexes do), then it starts.
@@ -114,11 +116,7 @@ def test_restart_with_valid_certificates_writes_nothing() -> None:
 def test_renewal_happens_at_the_renew_point_not_before() -> None:
     async def scenario() -> None:
         kube, clock = FakeKube(), FakeClock()
-        engine = make_engine(kube, clock)
-        setup(engine)
-        engine.scheduler.schedule(("td", "prod"), clock())
-        engine.scheduler.schedule(("wid", "payments", "api"), clock())
-        await drain(engine, clock)
+        engine = await issued(kube, clock)
         serial = leaf_serial(kube, "payments", "api-svid")
         deadline = engine.scheduler.deadline_of(("wid", "payments", "api"))
         assert deadline is not None
@@ -161,11 +159,7 @@ def test_deleted_identity_is_revoked_and_its_secret_removed() -> None:
 def test_invalid_later_spec_keeps_what_was_issued() -> None:
     async def scenario() -> None:
         kube, clock = FakeKube(), FakeClock()
-        engine = make_engine(kube, clock)
-        setup(engine)
-        engine.scheduler.schedule(("td", "prod"), clock())
-        engine.scheduler.schedule(("wid", "payments", "api"), clock())
-        await drain(engine, clock)
+        engine = await issued(kube, clock)
         serial = leaf_serial(kube, "payments", "api-svid")
         bad = workload_identity("payments", "api")
         bad["spec"]["ttl"] = "5m"  # below the 10m minimum
@@ -211,11 +205,7 @@ def test_revoke_annotation_revokes_and_reissues() -> None:
 
     async def scenario() -> None:
         kube, clock = FakeKube(), FakeClock()
-        engine = make_engine(kube, clock)
-        setup(engine)
-        engine.scheduler.schedule(("td", "prod"), clock())
-        engine.scheduler.schedule(("wid", "payments", "api"), clock())
-        await drain(engine, clock)
+        engine = await issued(kube, clock)
         observe_written(engine, kube)
         serial = leaf_serial(kube, "payments", "api-svid")
         secret = kube.objects[("Secret", "payments", "api-svid")]
@@ -240,11 +230,7 @@ def test_prime_fills_caches_and_resync_drops_ghosts() -> None:
 
     async def scenario() -> None:
         kube, clock = FakeKube(), FakeClock()
-        first = make_engine(kube, clock)
-        setup(first)
-        first.scheduler.schedule(("td", "prod"), clock())
-        first.scheduler.schedule(("wid", "payments", "api"), clock())
-        await drain(first, clock)
+        await issued(kube, clock)
         second = make_engine(kube, clock)
         await second.prime()
         assert ("payments", "api-svid") in second.secrets

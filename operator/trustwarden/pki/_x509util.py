@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
+from functools import cached_property
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -126,3 +127,30 @@ def directly_issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool
 
 def expired(cert: x509.Certificate, now: datetime) -> bool:
     return now >= cert.not_valid_after_utc
+
+
+class CertificateValidity:
+    """Validity and identity of a dataclass's ``certificate`` field, shared by authorities and
+    issued leaves."""
+
+    certificate: x509.Certificate
+
+    @property
+    def serial_hex(self) -> str:
+        return serial_hex(self.certificate.serial_number)
+
+    @cached_property
+    def sha256(self) -> str:
+        return sha256_hex(self.certificate)
+
+    @property
+    def not_before(self) -> datetime:
+        return self.certificate.not_valid_before_utc
+
+    @property
+    def not_after(self) -> datetime:
+        return self.certificate.not_valid_after_utc
+
+    @property
+    def lifetime(self) -> timedelta:
+        return self.not_after - self.not_before

@@ -13,6 +13,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 
 from ._clock import floor_second, require_utc
 from ._x509util import (
+    CertificateValidity,
     basic_constraints,
     cert_to_pem,
     describe,
@@ -21,7 +22,6 @@ from ._x509util import (
     key_usage,
     load_certificates,
     serial_hex,
-    sha256_hex,
 )
 from .bundle import filter_anchors
 from .errors import (
@@ -96,7 +96,7 @@ def check_serial(serial: int, what: str = "serial") -> int:
 
 
 @dataclass(frozen=True)
-class Authority:
+class Authority(CertificateValidity):
     """A CA that can sign: its certificate, key, intermediates up to the root, and root.
 
     ``chain`` lists the certificates between ``certificate`` and ``root`` (issuer first);
@@ -116,26 +116,6 @@ class Authority:
     @property
     def serial(self) -> int:
         return self.certificate.serial_number
-
-    @property
-    def serial_hex(self) -> str:
-        return serial_hex(self.certificate.serial_number)
-
-    @cached_property
-    def sha256(self) -> str:
-        return sha256_hex(self.certificate)
-
-    @property
-    def not_before(self) -> datetime:
-        return self.certificate.not_valid_before_utc
-
-    @property
-    def not_after(self) -> datetime:
-        return self.certificate.not_valid_after_utc
-
-    @property
-    def lifetime(self) -> timedelta:
-        return self.not_after - self.not_before
 
     @cached_property
     def path_not_after(self) -> datetime:

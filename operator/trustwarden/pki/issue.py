@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from functools import cached_property
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -22,6 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from ._clock import floor_second, require_utc, to_rfc3339
 from ._x509util import (
+    CertificateValidity,
     authority_key_id,
     cert_to_pem,
     directly_issued_by,
@@ -164,7 +164,7 @@ def ttl_cap(max_ttl: timedelta | None, ca_lifetime: timedelta) -> timedelta:
 
 
 @dataclass(frozen=True)
-class IssuedLeaf:
+class IssuedLeaf(CertificateValidity):
     """A freshly issued X.509-SVID and its key, ready for a ``kubernetes.io/tls`` Secret."""
 
     certificate: x509.Certificate
@@ -176,26 +176,6 @@ class IssuedLeaf:
     dns_names: tuple[str, ...] = ()
     key_algorithm: KeyAlgorithm = KeyAlgorithm.ECDSAP256
     usages: frozenset[Usage] = frozenset()
-
-    @property
-    def serial_hex(self) -> str:
-        return serial_hex(self.serial)
-
-    @property
-    def not_before(self) -> datetime:
-        return self.certificate.not_valid_before_utc
-
-    @property
-    def not_after(self) -> datetime:
-        return self.certificate.not_valid_after_utc
-
-    @property
-    def lifetime(self) -> timedelta:
-        return self.not_after - self.not_before
-
-    @cached_property
-    def sha256(self) -> str:
-        return sha256_hex(self.certificate)
 
     def to_facts(self, issuer: Authority | None = None) -> LeafFacts:
         """The :class:`LeafFacts` :func:`inspect_leaf` would read back from the Secret this
