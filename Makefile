@@ -13,11 +13,11 @@ HELM := $(CACHE_ROOT)/helm/$(HELM_VERSION)/helm
 export TRUSTWARDEN_KUBECTL := $(KUBECTL)
 export TRUSTWARDEN_HELM := $(HELM)
 
-.PHONY: help venv tools cluster-up cluster-down lint typecheck importlint unit e2e test-reliability test demo bench clean
+.PHONY: help venv tools cluster-up cluster-down lint typecheck importlint unit e2e test demo bench clean
 
 help:
 	@echo "make demo          set everything up, start a local control plane and the operator, show certificates"
-	@echo "make test          lint, type-check, import contracts, unit tests, e2e and reliability tests on a real control plane"
+	@echo "make test          lint, type-check, import contracts, unit tests, e2e tests on a real control plane"
 	@echo "make bench         benchmarks (BENCH=full for the full profile)"
 	@echo "make cluster-up    start the local control plane (.cluster/kubeconfig)"
 	@echo "make cluster-down  stop it and remove its state"
@@ -55,12 +55,7 @@ unit: $(STAMP)
 e2e: $(STAMP) tools
 	$(VENV)/bin/pytest e2e -q -p no:cacheprovider
 
-# Fault injection, hostile input and secrets hygiene, on a control plane of its own (it
-# restarts the API server and etcd): e2e/reliability/conftest.py.
-test-reliability: $(STAMP) tools
-	$(VENV)/bin/pytest e2e/reliability -q -p no:cacheprovider
-
-test: lint typecheck importlint unit e2e test-reliability
+test: lint typecheck importlint unit e2e
 
 demo: $(STAMP) tools
 	hack/demo.sh
