@@ -13,11 +13,12 @@ HELM := $(CACHE_ROOT)/helm/$(HELM_VERSION)/helm
 export TRUSTWARDEN_KUBECTL := $(KUBECTL)
 export TRUSTWARDEN_HELM := $(HELM)
 
-.PHONY: help venv tools cluster-up cluster-down lint typecheck importlint unit e2e test demo bench clean
+.PHONY: help venv tools cluster-up cluster-down lint typecheck importlint unit e2e test-reliability test demo bench clean
 
 help:
 	@echo "make demo          set everything up, start a local control plane and the operator, show certificates"
-	@echo "make test          lint, type-check, import contracts, unit tests, e2e tests on a real control plane"
+	@echo "make test          lint, type-check, import contracts, unit tests, e2e and reliability tests on a real control plane"
+	@echo "make test-reliability  fault injection, hostile input, secrets hygiene (part of make test)"
 	@echo "make bench         benchmarks (BENCH=full for the full profile)"
 	@echo "make cluster-up    start the local control plane (.cluster/kubeconfig)"
 	@echo "make cluster-down  stop it and remove its state"
@@ -55,7 +56,12 @@ unit: $(STAMP)
 e2e: $(STAMP) tools
 	$(VENV)/bin/pytest e2e -q -p no:cacheprovider
 
-test: lint typecheck importlint unit e2e
+# Fault injection, hostile input and secrets hygiene (docs/reliability.md), on its own control
+# plane in e2e/reliability/.state/.
+test-reliability: $(STAMP) tools
+	$(VENV)/bin/pytest e2e/reliability -q -p no:cacheprovider
+
+test: lint typecheck importlint unit e2e test-reliability
 
 demo: $(STAMP) tools
 	hack/demo.sh

@@ -233,6 +233,10 @@ def main() -> int:
         bench = Bench(cluster, op_kc, cm_kc, state, log, cm_binary, cm_error, cm_version)
         ctx: dict[str, Any] = {}
         for name, fn in steps:
+            if "restart_state" in ctx and not name.startswith("restart-"):
+                # the burst kept its operator for a restart that was not selected: stop it,
+                # or it would keep reconciling (and writing) during the next scenario
+                bench.finish(ctx.pop("restart_state"))
             try:
                 results[name] = fn(bench, ctx)
             except Exception as exc:

@@ -52,7 +52,7 @@ def test_namespace_deletion_completes(cluster: Cluster) -> None:
             name, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="content"))
         )
         wait_for(
-            lambda: core.read_namespaced_service_account("default", name),
+            lambda: not gone(lambda: core.read_namespaced_service_account("default", name)),
             timeout=60,
             what=f"the ServiceAccount controller to create {name}/default",
         )

@@ -21,6 +21,7 @@ from e2e.support import (
     apply_yaml,
     bundle_data,
     get_wid,
+    gone,
     leaf_of,
     openssl_verify,
     secret_data,
@@ -332,12 +333,18 @@ def test_restart_reissues_nothing_and_catches_up(
     with pytest.raises(ApiException) as info:
         create_pod(cluster, injected_ns, "while-down", {"app": "payments"})
     assert "svid-injector.trustwarden.io" in info.value.body
-    # A pod deleted while down; the garbage collector removes its Secret meanwhile.
+    # A pod deleted while down: the garbage collector deletes its Secret meanwhile, but the
+    # finalizer keeps it (terminating, serial and all) until the operator has revoked it.
     cluster.core.delete_namespaced_pod(doomed.metadata.name, injected_ns, grace_period_seconds=0)
+
+    def held_by_finalizer() -> bool:
+        meta = cluster.core.read_namespaced_secret(pod_secret_name(doomed), injected_ns).metadata
+        return bool(meta.deletion_timestamp) and "trustwarden.io/revoke" in (meta.finalizers or [])
+
     wait_for(
-        lambda: secret_data(cluster, injected_ns, pod_secret_name(doomed)) is None,
+        held_by_finalizer,
         timeout=60,
-        what="the garbage collector to remove the deleted pod's Secret",
+        what="the garbage collector to delete the Secret, and the finalizer to hold it",
     )
     operator_slot.start()
     late = create_pod(cluster, injected_ns, "after-resume", {"app": "payments"})
@@ -358,6 +365,13 @@ def test_restart_reissues_nothing_and_catches_up(
 
     wait_for(
         doomed_revoked, timeout=60, what="the pod deleted while down to be revoked after resume"
+    )
+    wait_for(
+        lambda: gone(
+            lambda: cluster.core.read_namespaced_secret(pod_secret_name(doomed), injected_ns)
+        ),
+        timeout=60,
+        what="the revoked Secret to be released and removed",
     )
     metrics = operator_slot.ensure().metrics() or ""
     assert "trustwarden_certificates_renewed_total{" not in metrics

@@ -217,6 +217,35 @@ def create_many(
     return created
 
 
+def drop_secret_finalizers(api: client.ApiClient, names: Iterable[str], threads: int = 16) -> int:
+    """Remove every finalizer from the Secrets in these namespaces (teardown only, with the
+    operator stopped: nothing would ever release trustwarden's revocation finalizer, and the
+    namespaces would stay Terminating). Returns how many Secrets were patched."""
+    core = client.CoreV1Api(api)
+    held = [
+        (s.metadata.namespace, s.metadata.name)
+        for n in names
+        for s in core.list_namespaced_secret(n).items
+        if s.metadata.finalizers
+    ]
+
+    def drop(item: tuple[str, str]) -> None:
+        try:
+            core.patch_namespaced_secret(
+                item[1],
+                item[0],
+                [{"op": "remove", "path": "/metadata/finalizers"}],
+                _content_type="application/json-patch+json",
+            )
+        except client.ApiException as exc:
+            if exc.status not in (404, 422):  # gone, or no finalizers left
+                raise
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(drop, held))
+    return len(held)
+
+
 def delete_namespaces(api: client.ApiClient, names: Iterable[str], timeout: float = 900) -> float:
     core = client.CoreV1Api(api)
     names = list(names)

@@ -151,6 +151,7 @@ class Bench:
             except client.ApiException as exc:
                 if exc.status != 404:
                     raise
+        kube.drop_secret_finalizers(self.cluster.api, [*namespaces, *([opns] if opns else [])])
         kube.delete_namespaces(self.cluster.api, [*namespaces, *([opns] if opns else [])])
         self.log(
             f"  cleaned up {len(namespaces)} namespace(s) in {time.monotonic() - started:.0f}s"

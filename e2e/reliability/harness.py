@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ class Operator:
         self._supervisor: threading.Thread | None = None
         self._supervise = threading.Event()
         self.supervised_restarts = 0
-        self.lives: list[list[float | None]] = []  # [started, ended] per process, monotonic
+        self.lives: list[list[float | None]] = []  # [started, ended] per process, wall clock
         self._lock = threading.Lock()
 
     def command(self) -> list[str]:
@@ -120,18 +121,29 @@ class Operator:
             )
             log.close()
             self.starts += 1
-            self.lives.append([time.monotonic(), None])
+            self.lives.append([time.time(), None])
         return self
 
     def _ended(self) -> None:
         if self.lives and self.lives[-1][1] is None:
-            self.lives[-1][1] = time.monotonic()
+            self.lives[-1][1] = time.time()
 
-    def was_running(self, at: float) -> bool:
-        return any(
-            start is not None and start <= at and (end is None or at < end)
-            for start, end in self.lives
-        )
+    def reconciling(self) -> list[tuple[float, float | None]]:
+        """(from, until) wall-clock intervals in which a process of this replica led and had
+        its caches: from its `starting reconciliation` log line to its end."""
+        starts = [
+            datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=UTC).timestamp()
+            for m in re.finditer(
+                r"^(\S+ \S+) INFO trustwarden: starting reconciliation", self.log(), re.M
+            )
+        ]
+        out = []
+        for begin, end in self.lives:
+            assert begin is not None
+            led = [t for t in starts if t >= begin and (end is None or t < end)]
+            if led:
+                out.append((led[0], end))
+        return out
 
     def log(self, *, current_run_only: bool = False) -> str:
         try:

@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -161,7 +162,7 @@ class Invariants:
         self.namespaces: set[str] = set()
         # owner uid -> (namespace, kind/name, serials recorded at deletion time)
         self.deleted: dict[str, tuple[str, str, dict[int, str]]] = {}
-        self.deleted_at: dict[str, float] = {}  # owner uid -> time.monotonic() of deletion
+        self.deleted_at: dict[str, float] = {}  # owner uid -> wall-clock time of deletion
         # serial -> why it is excused from the revocation check (a documented, measured loss)
         self.waived: dict[int, str] = {}
         self.deleted_identities: set[tuple[str, str]] = set()
@@ -190,7 +191,7 @@ class Invariants:
                     domain = (secret.metadata.annotations or {}).get("trustwarden.io/trust-domain")
                     serials[int(leaf.serial_number)] = str(domain)
         self.deleted[uid] = (namespace, what, serials)
-        self.deleted_at[uid] = time.monotonic()
+        self.deleted_at[uid] = time.time()
         if identity is not None:
             self.deleted_identities.add((namespace, identity))
 
@@ -562,7 +563,7 @@ class Invariants:
                     last, since = missing, time.monotonic()
                 elif time.monotonic() - since >= stable_for:
                     return missing
-            except (ApiException, OSError):
+            except (ApiException, OSError, urllib3.exceptions.HTTPError):
                 pass
             if time.monotonic() > deadline:
                 raise InvariantViolation(
@@ -580,12 +581,12 @@ class Invariants:
             try:
                 report = self.check()
                 return time.monotonic() - started, report
-            except (InvariantViolation, ApiException, OSError) as exc:
+            except (InvariantViolation, ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
                 last = exc
             if time.monotonic() > deadline:
-                raise InvariantViolation(
-                    f"{what}: the invariant did not hold within {timeout:.0f}s; last:\n{last}"
-                )
+                message = f"{what}: the invariant did not hold within {timeout:.0f}s; last:\n{last}"
+                (self.tmp.parent / "last-violation.txt").write_text(message)
+                raise InvariantViolation(message)
             time.sleep(1.0)
 
 

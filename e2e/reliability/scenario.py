@@ -6,6 +6,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+import urllib3
+from kubernetes.client.rest import ApiException
+
 from e2e.reliability.harness import PodFactory, PodRef, SecretRecorder
 from e2e.reliability.invariants import Invariants
 from e2e.support import (
@@ -70,6 +73,18 @@ spec:
     )
 
 
+def read_secret(cluster: Cluster, namespace: str, name: str) -> dict[str, bytes] | None:
+    """secret_data that treats an API that is restarting as "not there yet"."""
+    try:
+        return secret_data(cluster, namespace, name)
+    except ApiException as exc:
+        if exc.status in (404, 429) or exc.status >= 500:
+            return None
+        raise
+    except (OSError, urllib3.exceptions.HTTPError):
+        return None
+
+
 def wait_served(
     cluster: Cluster, refs: Iterable[PodRef], *, timeout: float = 120
 ) -> dict[str, int]:
@@ -80,7 +95,7 @@ def wait_served(
     while pending:
         still = []
         for ref in pending:
-            data = secret_data(cluster, ref.namespace, ref.secret_name)
+            data = read_secret(cluster, ref.namespace, ref.secret_name)
             if data is None:
                 still.append(ref)
             else:
@@ -99,11 +114,18 @@ def delete_served(factory: PodFactory, invariants: Invariants, name: str) -> Non
     if ref is None or not ref.secret_name:
         return  # admitted without injection (see test_webhook_fails_closed_while_caches_load)
     wait_for(
-        lambda: secret_data(factory.cluster, ref.namespace, ref.secret_name),
+        lambda: read_secret(factory.cluster, ref.namespace, ref.secret_name),
         timeout=120,
         what=f"pod {name}'s Secret before deleting it",
     )
-    invariants.before_delete(ref.namespace, f"pod {name}", ref.uid)
+    for attempt in range(60):  # the API may be restarting: retry (bounded)
+        try:
+            invariants.before_delete(ref.namespace, f"pod {name}", ref.uid)
+            break
+        except (ApiException, OSError, urllib3.exceptions.HTTPError):
+            if attempt == 59:
+                raise
+            time.sleep(0.5)
     factory.delete(name)
 
 

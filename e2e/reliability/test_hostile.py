@@ -6,13 +6,16 @@ The 75 CRD admission cases in tests/data/crds/ (run by e2e/test_crd_admission.py
 cover the CEL and schema rules, path traversal ('..', '//', '.'), percent-encoding, Cyrillic
 and fullwidth look-alikes, template injection ('{namespace}}{', nested braces, unknown
 variables), a foreign '/ns/kube-system/' prefix, 101 dnsNames and unknown fields; they are
-not repeated here. The cases below are the ones they do not reach."""
+not repeated here. The cases below are the ones they do not reach.
+
+PYTEST_DONT_REWRITE: a failing assert must never print Secret data (private keys) into CI
+logs, so asserts carry their own messages instead of pytest's introspection.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,12 +135,12 @@ ADMISSION: list[tuple[str, dict[str, Any], str]] = [
     (
         "metadata-label-oversized",
         wid({}, meta={"labels": {"team": "y" * 64}}),
-        "must be no more than 63 characters",
+        "must be no more than 63",
     ),
     (
         "metadata-annotations-300k",
         wid({}, meta={"annotations": {"blob": "z" * 300_000}}),
-        "Too long: must have at most 262144 bytes",
+        "262144 bytes",
     ),
     ("ttl-overflow-digits", wid({"ttl": "99999999h"}), "spec.ttl must be a Go duration"),
     ("ttl-negative", wid({"ttl": "-1h"}), "spec.ttl must be a Go duration"),
@@ -355,13 +358,17 @@ def _wid_reason(cluster: Cluster, namespace: str, name: str, reason: str) -> str
 
 
 def _no_secret_access(plane: ControlPlane, namespace: str, name: str) -> None:
-    """The operator's user never read, wrote or deleted that Secret (API server audit log)."""
+    """The operator's user never read, wrote or deleted that Secret (API server audit log).
+    A create refused with 409 (the name is taken) neither reads nor writes it."""
     touched = [
         e
         for e in plane.audit_events()
         if (e.get("user") or {}).get("username") == OPERATOR_USER  # type: ignore[union-attr]
         and (e.get("objectRef") or {}).get("namespace") == namespace  # type: ignore[union-attr]
         and (e.get("objectRef") or {}).get("name") == name  # type: ignore[union-attr]
+        and not (
+            e.get("verb") == "create" and (e.get("responseStatus") or {}).get("code") == 409  # type: ignore[union-attr]
+        )
     ]
     assert not touched, (
         f"the operator touched {namespace}/{name}: {[e.get('verb') for e in touched]}"
@@ -450,19 +457,13 @@ def hijack_opted_in_later(cluster: Cluster, plane: ControlPlane, ns: str) -> Out
     ]
     client.CoreV1Api(cluster.api).create_namespaced_pod(late, body)
     client.CoreV1Api(cluster.api).patch_namespace(late, {"metadata": {"labels": INJECT}})
-    # give the operator a moment's worth of chances to misbehave: wait for its status flush
-    wait_for(
-        lambda: (get_wid(cluster, late, "svc").get("status") or {}).get("observedGeneration"),
-        timeout=30,
-        what="the identity's status",
-    )
-    time.sleep(3)  # a bounded grace for a wrong write to show up; nothing to wait *for*
+    error = _wid_reason(cluster, late, "svc", "SecretConflict")
 
     def check() -> None:
         assert _secret_rv(cluster, late, "victim-late") == rv
         _no_secret_access(plane, late, "victim-late")
 
-    return Outcome("foreign Secret named by a pre-existing pod's volume never touched", [check])
+    return Outcome(error, [check])
 
 
 def cross_namespace_selector(cluster: Cluster, plane: ControlPlane, ns: str) -> Outcome:
@@ -681,6 +682,11 @@ def bundle_squatting(cluster: Cluster, plane: ControlPlane, ns: str) -> Outcome:
         what="BundlesPublished=False BundleConflict on TrustDomain rel",
     )
     message = condition(obj, "BundlesPublished")["message"]  # type: ignore[index]
+    wait_for(
+        lambda: "BundleConflict" in [r for r, _ in _events(cluster, "rel")],
+        timeout=30,
+        what="Event BundleConflict",
+    )
 
     def check() -> None:
         assert (bundle_data(cluster, squat) or {}).get("ca.crt") == "attacker root"
@@ -741,6 +747,7 @@ def test_sentinel_and_invariants_after_all_cases(
 def _short(error: str, expected: str) -> str:
     """The part of a long admission error around the expected text."""
     at = error.find(expected)
-    if at < 0:
-        return error[:300]
-    return error[max(0, at - 160) : at + len(expected) + 120].strip()
+    if at < 0 or len(error) <= 400:
+        return error[:400]
+    start = error.rfind(" ", 0, max(0, at - 160)) + 1  # from a word boundary
+    return error[start : at + len(expected) + 120].strip()

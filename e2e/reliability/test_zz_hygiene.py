@@ -1,7 +1,11 @@
 """Secrets hygiene, after everything else in the suite has run (conftest orders this last):
 no private key, in PEM or as key bytes, in the operator's logs, in any Event, in any
 trustwarden status or annotation, in /metrics or in any ConfigMap; CA keys only in the
-operator namespace; every workload Secret carries its own key and nothing else."""
+operator namespace; every workload Secret carries its own key and nothing else.
+
+PYTEST_DONT_REWRITE: a failing assert must never print Secret data (private keys) into CI
+logs, so asserts carry their own messages instead of pytest's introspection.
+"""
 
 from __future__ import annotations
 

@@ -86,14 +86,51 @@ class FakeKube:
         self.objects[key] = stored
         return copy.deepcopy(stored)
 
+    async def patch_data(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        data: Mapping[str, str],
+        *,
+        resource_version: str,
+    ) -> dict[str, Any]:
+        self.calls["patch"] += 1
+        current = self.objects.get((kind, namespace, name))
+        if current is None:
+            raise NotFoundError(name)
+        if current["metadata"]["resourceVersion"] != resource_version:
+            raise ConflictError("resourceVersion")
+        current["data"] = {**(current.get("data") or {}), **data}
+        current["metadata"]["resourceVersion"] = str(next(self._rv))
+        return copy.deepcopy(current)
+
     async def delete(self, kind: str, namespace: str, name: str, *, uid: str | None = None) -> bool:
         self.calls["delete"] += 1
         key = (kind, namespace, name)
         current = self.objects.get(key)
         if current is None or (uid and current["metadata"]["uid"] != uid):
             return False
-        del self.objects[key]
+        if current["metadata"].get("finalizers"):
+            current["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+            current["metadata"]["resourceVersion"] = str(next(self._rv))
+        else:
+            del self.objects[key]
         return True
+
+    async def remove_finalizer(
+        self, kind: str, namespace: str, name: str, finalizer: str, *, uid: str
+    ) -> None:
+        self.calls["patch"] += 1
+        key = (kind, namespace, name)
+        current = self.objects.get(key)
+        if current is None or current["metadata"]["uid"] != uid:
+            raise NotFoundError(name)
+        meta = current["metadata"]
+        meta["finalizers"] = [f for f in meta.get("finalizers") or () if f != finalizer]
+        meta["resourceVersion"] = str(next(self._rv))
+        if not meta["finalizers"] and meta.get("deletionTimestamp"):
+            del self.objects[key]
 
     async def patch_status(self, kind: str, namespace: str | None, name: str, status: Body) -> None:
         self.calls["patch_status"] += 1
@@ -104,7 +141,12 @@ class FakeKube:
         self.events.append((ref, type_, reason, message))
 
     def writes(self) -> int:
-        return self.calls["create"] + self.calls["replace"] + self.calls["delete"]
+        return (
+            self.calls["create"]
+            + self.calls["replace"]
+            + self.calls["delete"]
+            + self.calls["patch"]
+        )
 
 
 def make_engine(kube: FakeKube, clock: FakeClock) -> Engine:
@@ -116,15 +158,19 @@ def make_engine(kube: FakeKube, clock: FakeClock) -> Engine:
 async def drain(engine: Engine, clock: FakeClock, *, rounds: int = 50) -> None:
     """Run every due key (and what it schedules for now) until nothing is due, then flush."""
     engine.started = True
-    for _ in range(rounds):
-        due = engine.scheduler.pop_due(clock())
-        if not due:
-            break
-        for key in due:
-            await engine._dispatch(key)
-    for _ in range(5):  # the flush loop runs every half second; run it until nothing is dirty
-        await engine.flush()
-        if not (engine.dirty_bundles or engine.dirty_revocations or engine.ledger.dirty):
+    for _ in range(5):  # a flush can make work due (a held Secret's release), and vice versa
+        for _ in range(rounds):
+            due = engine.scheduler.pop_due(clock())
+            if not due:
+                break
+            for key in due:
+                await engine._dispatch(key)
+        for _ in range(5):  # the flush loop runs every half second; run it until nothing is dirty
+            await engine.flush()
+            if not (engine.dirty_bundles or engine.dirty_revocations or engine.ledger.dirty):
+                break
+        upcoming = engine.scheduler.next_deadline()
+        if upcoming is None or upcoming > clock():
             break
 
 

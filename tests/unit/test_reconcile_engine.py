@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from datetime import timedelta
+from typing import Any
 
 from cryptography import x509
 
@@ -265,5 +266,140 @@ def test_namespace_scoped_mode_never_writes_outside_its_namespaces() -> None:
         await drain(engine, clock)
         assert ("ConfigMap", "payments", "trustwarden-bundle") in kube.objects
         assert ("ConfigMap", "gateway", "trustwarden-bundle") not in kube.objects
+
+    asyncio.run(scenario())
+
+
+# --- revocation that survives a crash: the Secret finalizer ----------------------------------
+
+FINALIZER = "trustwarden.io/revoke"
+
+
+def _per_pod_setup(engine: Engine, kube: FakeKube, pod_uid: str = "uid-pod-w1") -> dict[str, Any]:
+    engine.observe_namespace(namespace("shop", {"trustwarden.io/inject": "enabled"}))
+    engine.observe_namespace(namespace("trustwarden-system"))
+    engine.observe_trust_domain(trust_domain())
+    engine.observe_workload_identity(
+        workload_identity(
+            "shop",
+            "web",
+            spec={
+                "trustDomain": "prod",
+                "podSelector": {"matchLabels": {"app": "web"}},
+                "delivery": {"mode": "PerPod"},
+            },
+        )
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "w1",
+            "namespace": "shop",
+            "uid": pod_uid,
+            "labels": {"app": "web", "trustwarden.io/identity": "web"},
+            "annotations": {"trustwarden.io/secret": "web-svid-w1"},
+        },
+        "spec": {
+            "serviceAccountName": "default",
+            "volumes": [{"name": "trustwarden-svid", "secret": {"secretName": "web-svid-w1"}}],
+        },
+    }
+    kube.objects[("Pod", "shop", "w1")] = pod
+    engine.observe_pod(pod)
+    return pod
+
+
+def _stored_revocations(kube: FakeKube) -> str:
+    stored = kube.objects.get(("ConfigMap", "trustwarden-system", "trustwarden-revocations-prod"))
+    return str(stored["data"]["revoked.json"]) if stored else ""
+
+
+def test_issued_secrets_carry_the_revoke_finalizer() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        await issued(kube, clock)
+        secret = secret_of(kube, "payments", "api-svid")
+        assert secret is not None
+        assert secret["metadata"]["finalizers"] == [FINALIZER]  # type: ignore[index]
+
+    asyncio.run(scenario())
+
+
+def test_pod_deletion_releases_the_secret_only_after_the_revocation_is_stored() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        engine = make_engine(kube, clock)
+        pod = _per_pod_setup(engine, kube)
+        for key in (("td", "prod"), ("pod", "shop", "w1")):
+            engine.scheduler.schedule(key, clock())
+        await drain(engine, clock)
+        serial = leaf_serial(kube, "shop", "web-svid-w1")
+        released_with: list[str] = []
+        remove = kube.remove_finalizer
+
+        async def spy(kind: str, ns: str, name: str, finalizer: str, *, uid: str) -> None:
+            released_with.append(_stored_revocations(kube))
+            await remove(kind, ns, name, finalizer, uid=uid)
+
+        kube.remove_finalizer = spy  # type: ignore[method-assign]
+        del kube.objects[("Pod", "shop", "w1")]
+        engine.forget_pod(pod)
+        await drain(engine, clock)
+        assert secret_of(kube, "shop", "web-svid-w1") is None
+        assert len(released_with) == 1
+        assert format(serial, "x") in released_with[0], "released before the CRL was stored"
+
+    asyncio.run(scenario())
+
+
+def test_a_secret_deleted_while_the_operator_was_down_is_revoked_on_resume() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        first = make_engine(kube, clock)
+        _per_pod_setup(first, kube)
+        for key in (("td", "prod"), ("pod", "shop", "w1")):
+            first.scheduler.schedule(key, clock())
+        await drain(first, clock)
+        serial = leaf_serial(kube, "shop", "web-svid-w1")
+        # Down: the ledger write never happened, the pod goes, the garbage collector deletes
+        # the Secret, which the finalizer keeps (terminating) until someone revokes it.
+        kube.objects = {k: v for k, v in kube.objects.items() if "ledger" not in k[2]}
+        del kube.objects[("Pod", "shop", "w1")]
+        await kube.delete("Secret", "shop", "web-svid-w1")
+        assert secret_of(kube, "shop", "web-svid-w1") is not None
+
+        second = make_engine(kube, clock)
+        second.observe_namespace(namespace("shop", {"trustwarden.io/inject": "enabled"}))
+        second.observe_namespace(namespace("trustwarden-system"))
+        second.observe_trust_domain(trust_domain())
+        second.observe_workload_identity(first.wid_bodies[("shop", "web")])  # type: ignore[arg-type]
+        observe_written(second, kube)
+        for key in (("td", "prod"), ("catchup",)):
+            second.scheduler.schedule(key, clock())
+        await drain(second, clock)
+        assert format(serial, "x") in _stored_revocations(kube)
+        assert secret_of(kube, "shop", "web-svid-w1") is None
+
+    asyncio.run(scenario())
+
+
+def test_a_secret_deleted_by_hand_is_released_unrevoked_and_reissued() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        engine = make_engine(kube, clock)
+        _per_pod_setup(engine, kube)
+        for key in (("td", "prod"), ("pod", "shop", "w1")):
+            engine.scheduler.schedule(key, clock())
+        await drain(engine, clock)
+        serial = leaf_serial(kube, "shop", "web-svid-w1")
+        await kube.delete("Secret", "shop", "web-svid-w1")  # kubectl delete secret ...
+        observe_written(engine, kube)  # the watch: MODIFIED, deletionTimestamp set
+        await drain(engine, clock)
+        assert secret_of(kube, "shop", "web-svid-w1") is None
+        engine.forget_secret("shop", "web-svid-w1")  # the watch: DELETED
+        await drain(engine, clock)
+        assert format(serial, "x") not in _stored_revocations(kube)
+        assert leaf_serial(kube, "shop", "web-svid-w1") != serial
 
     asyncio.run(scenario())

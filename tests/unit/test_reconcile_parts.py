@@ -6,12 +6,18 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import jsonpatch
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.unit.fakes import FakeClock, workload_identity
-from trustwarden.reconcile.injection import MOUNT_PATH, InjectionRejected, plan_injection
+from trustwarden.reconcile.injection import (
+    MOUNT_PATH,
+    InjectionRejected,
+    json_patch,
+    plan_injection,
+)
 from trustwarden.reconcile.ledger import Ledger, LedgerEntry
 from trustwarden.reconcile.model import SpecError, TrustDomainSpec, WorkloadIdentitySpec
 from trustwarden.reconcile.scheduler import DeadlineScheduler
@@ -210,25 +216,29 @@ def _identity(name: str, labels: dict[str, str]) -> WorkloadIdentitySpec:
 
 
 def test_injection_for_one_identity() -> None:
+    pod = _pod({"app": "web"})
     plan = plan_injection(
-        _pod({"app": "web"}),
+        pod,
         [_identity("web", {"app": "web"})],
         name_factory=lambda w: f"{w}-svid-x",
     )
     assert plan.labels == {"trustwarden.io/identity": "web"}
     assert plan.annotations == {"trustwarden.io/secret": "web-svid-x"}
+    injected = jsonpatch.apply_patch(pod, json_patch(pod, plan))
     # A hand-written volume of the same name is replaced: the user never picks the Secret.
-    assert plan.spec["volumes"] == [
+    assert injected["spec"]["volumes"] == [
         {"name": "trustwarden-svid", "secret": {"secretName": "web-svid-x", "defaultMode": 0o440}}
     ]
     for field in ("initContainers", "containers"):
-        for container in plan.spec[field]:
+        for container in injected["spec"][field]:
             assert {
                 "name": "trustwarden-svid",
                 "mountPath": MOUNT_PATH,
                 "readOnly": True,
             } in container["volumeMounts"]
-    assert {"name": "data", "mountPath": "/data"} in plan.spec["containers"][0]["volumeMounts"]
+    assert {"name": "data", "mountPath": "/data"} in injected["spec"]["containers"][0][
+        "volumeMounts"
+    ]
 
 
 def test_injection_rejects_two_identities_naming_both() -> None:
@@ -237,13 +247,15 @@ def test_injection_rejects_two_identities_naming_both() -> None:
 
 
 def test_unselected_pod_loses_hand_set_label_and_annotation() -> None:
-    plan = plan_injection(
-        _pod({"app": "x", "trustwarden.io/identity": "web"}, {"trustwarden.io/secret": "victim"}),
-        [_identity("web", {"app": "web"})],
-    )
+    pod = _pod({"app": "x", "trustwarden.io/identity": "web"}, {"trustwarden.io/secret": "victim"})
+    plan = plan_injection(pod, [_identity("web", {"app": "web"})])
     assert plan.labels == {"trustwarden.io/identity": None}
     assert plan.annotations == {"trustwarden.io/secret": None}
-    assert plan.identity is None and not plan.spec
+    assert plan.identity is None and plan.secret_name is None
+    unselected = jsonpatch.apply_patch(pod, json_patch(pod, plan))
+    assert unselected["metadata"]["labels"] == {"app": "x"}
+    assert unselected["metadata"]["annotations"] == {}
+    assert unselected["spec"] == pod["spec"]
 
 
 # --------------------------------------------------------------------------- ledger

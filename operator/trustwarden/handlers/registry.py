@@ -5,8 +5,10 @@ handler back until all indexes have their first full listing. The small sets (Tr
 WorkloadIdentities, namespaces, our ConfigMaps) are cached that way; the large ones (labelled
 pods, managed Secrets) are listed by the engine itself before kopf starts (Engine.prime) and
 then kept current by `on.event`. So the caches are complete before reconciliation starts, and a
-restart re-issues nothing that is still valid. Deletions come through `on.event`. No handler here uses kopf's per-object state: nothing is
-written to pods, Secrets or custom resources by kopf itself (no finalizers, no annotations).
+restart re-issues nothing that is still valid. Deletions come through `on.event`. The
+injection webhook is not a kopf handler (handlers/webhook.py). No handler here uses kopf's
+per-object state: nothing is written to pods, Secrets or custom resources by kopf itself (no
+finalizers, no annotations).
 """
 
 from __future__ import annotations
@@ -17,12 +19,10 @@ from typing import Any
 import kopf
 
 from trustwarden.handlers.services import Services
-from trustwarden.reconcile.injection import InjectionRejected, plan_injection
 from trustwarden.reconcile.ledger import LEDGER_PREFIX
 from trustwarden.reconcile.observed import BUNDLE_CONFIGMAP
 
 GROUP, VERSION = "trustwarden.io", "v1alpha1"
-WEBHOOK_ID = "inject-svid"
 
 
 def _services(memo: Any) -> Services:
@@ -111,38 +111,5 @@ def build_registry() -> kopf.OperatorRegistry:
         services = _started(memo)
         if type == "DELETED" and name == BUNDLE_CONFIGMAP:
             services.engine.forget_bundle(str(namespace))
-
-    # --- the injection webhook ---
-
-    @kopf.on.mutate("v1", "pods", id=WEBHOOK_ID, operations=["CREATE"], registry=registry)
-    async def inject_svid(
-        body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, warnings: list[str], **_: Any
-    ) -> None:
-        services = _services(memo)
-        namespace = str(body.get("metadata", {}).get("namespace") or "")
-        ns_info = services.engine.namespaces.get(namespace)
-        if (
-            namespace == services.config.operator_namespace
-            or ns_info is None
-            or not ns_info.injection_enabled
-        ):
-            services.metrics.webhook_requests.labels(result="skipped").inc()
-            return
-        engine = services.engine
-        identities = [engine.wids[(namespace, n)] for n in engine.wids_by_ns.get(namespace, ())]
-        try:
-            plan = plan_injection(body, identities)
-        except InjectionRejected as exc:
-            services.metrics.webhook_requests.labels(result="rejected").inc()
-            raise kopf.AdmissionError(str(exc), code=403) from exc
-        if plan.labels:
-            patch.metadata.setdefault("labels", {}).update(plan.labels)
-        if plan.annotations:
-            patch.metadata.setdefault("annotations", {}).update(plan.annotations)
-        for key, value in plan.spec.items():
-            patch.spec[key] = value
-        services.metrics.webhook_requests.labels(
-            result="injected" if plan.identity else "unselected"
-        ).inc()
 
     return registry

@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from kubernetes import client
 from prometheus_client import start_http_server
 
-from trustwarden.handlers.registry import WEBHOOK_ID, build_registry
+from trustwarden.handlers.registry import build_registry
 from trustwarden.handlers.services import OperatorConfig, Services
+from trustwarden.handlers.webhook import WEBHOOK_ID, InjectionWebhook
 from trustwarden.handlers.webhook_tls import (
     ServingCertificate,
     SharedServingCertificate,
@@ -234,14 +235,10 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
 
     settings = kopf.OperatorSettings()
     configure(settings, config)
-    settings.admission.server = kopf.WebhookServer(
-        addr=config.webhook_address,
-        port=config.webhook_port,
-        host="127.0.0.1" if config.local else hosts[0],
-        certfile=str(tls_dir / "tls.crt"),
-        pkeyfile=str(key_path),
-    )
+    # The injection webhook is our own aiohttp server (handlers/webhook.py), not kopf's.
+    settings.admission.server = None
     settings.admission.managed = None
+    webhook = InjectionWebhook(services)
 
     if config.local:
         url = f"https://127.0.0.1:{config.webhook_port}/{WEBHOOK_ID}"
@@ -257,7 +254,18 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
         )
 
     elector: LeaderElector | None = None
-    tasks: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[None]] = [
+        asyncio.create_task(
+            webhook.serve(
+                address=config.webhook_address,
+                port=config.webhook_port,
+                certfile=str(tls_dir / "tls.crt"),
+                keyfile=str(key_path),
+                ready=services.caches_loaded,
+            ),
+            name="injection-webhook",
+        )
+    ]
     if config.leader_elect:
         elector = LeaderElector(
             api,
@@ -285,6 +293,13 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
 
     if elector is not None:
         elector.on_change = lost
+
+    def webhook_stopped(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the injection webhook stopped: %s", task.exception())
+            operator_stop.set()  # exit, so the replica restarts rather than serve no webhook
+
+    tasks[0].add_done_callback(webhook_stopped)
     if shared is not None:
         tasks.append(
             asyncio.create_task(
@@ -306,6 +321,7 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
     finally:
         for task in tasks:
             task.cancel()
+        await webhook.close()
         await engine.stop()
         if elector is not None:
             await asyncio.to_thread(elector.release)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -41,12 +42,15 @@ class Services:
     metrics: Metrics
     caches_complete: bool = False
     leading: bool = False
+    # Set with caches_complete: the injection webhook listens only from then on (fail closed).
+    caches_loaded: asyncio.Event = field(default_factory=asyncio.Event)
 
     def on_caches_complete(self) -> None:
         """Called by every post-index handler; the first call means kopf's caches are full."""
         if self.caches_complete:
             return
         self.caches_complete = True
+        self.caches_loaded.set()
         log.info("initial listing complete: %s", self.engine.snapshot())
         self._maybe_start()
 

@@ -120,6 +120,13 @@ class KubeGateway:
                         )
                     )
                 )
+            if kind == "Pod":
+                assert namespace is not None
+                return await self._call(
+                    lambda: self._json(
+                        self.core.read_namespaced_pod(name, namespace, _preload_content=False)
+                    )
+                )
             plural = PLURALS[kind]
             if namespace:
                 return await self._call(
@@ -217,6 +224,32 @@ class KubeGateway:
             )
         raise ValueError(f"cannot replace {kind}")
 
+    async def patch_data(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        data: Mapping[str, str],
+        *,
+        resource_version: str,
+    ) -> Body:
+        """A merge patch of some `data` keys, with the resourceVersion as precondition (the
+        API server answers 409 when it changed): one request instead of a GET and a PUT."""
+        if kind != "Secret":
+            raise ValueError(f"cannot patch the data of {kind}")
+        patch = {"metadata": {"resourceVersion": resource_version}, "data": dict(data)}
+        return await self._call(
+            lambda: self._json(
+                self.core.patch_namespaced_secret(
+                    name,
+                    namespace,
+                    patch,
+                    _content_type="application/merge-patch+json",
+                    _preload_content=False,
+                )
+            )
+        )
+
     async def delete(self, kind: str, namespace: str, name: str, *, uid: str | None = None) -> bool:
         options = client.V1DeleteOptions(
             preconditions=client.V1Preconditions(uid=uid) if uid else None
@@ -237,6 +270,46 @@ class KubeGateway:
         except ConflictError:
             return False  # the uid precondition failed: a different object now has that name
         return True
+
+    async def remove_finalizer(
+        self, kind: str, namespace: str, name: str, finalizer: str, *, uid: str
+    ) -> None:
+        """A JSON patch that removes exactly that finalizer from exactly that object: it tests
+        the uid and the list entry first, so a concurrent change makes it fail, not misfire."""
+        if kind != "Secret":
+            raise ValueError(f"cannot remove a finalizer from {kind}")
+        for _attempt in range(5):
+            current = await self.get(kind, namespace, name)
+            meta = (current or {}).get("metadata") or {}
+            if current is None or meta.get("uid") != uid:
+                raise NotFoundError(f"{kind} {namespace}/{name} with uid {uid}")
+            finalizers = list(meta.get("finalizers") or ())
+            if finalizer not in finalizers:
+                return
+            index = finalizers.index(finalizer)
+            ops = [
+                {"op": "test", "path": "/metadata/uid", "value": uid},
+                {"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
+                {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+            ]
+            try:
+                await self._call(
+                    partial(
+                        self.core.patch_namespaced_secret,
+                        name,
+                        namespace,
+                        ops,
+                        _content_type="application/json-patch+json",
+                        _preload_content=False,
+                    )
+                )
+                return
+            except ConflictError:
+                continue
+            except ApiException as exc:
+                if exc.status != 422:  # a failed "test": the list changed meanwhile
+                    raise
+        raise ConflictError(f"{kind} {namespace}/{name} kept changing; finalizer not removed")
 
     async def patch_status(self, kind: str, namespace: str | None, name: str, status: Body) -> None:
         plural = PLURALS[kind]

@@ -41,7 +41,7 @@ from trustwarden.pki.ca import (
     load_anchors,
     load_authority_from_pem,
 )
-from trustwarden.pki.durations import parse_duration
+from trustwarden.pki.durations import format_duration, parse_duration
 from trustwarden.pki.errors import PKIError
 from trustwarden.pki.issue import LeafFacts, LeafRequest, issue_leaf, ttl_cap
 from trustwarden.pki.renewal import (
@@ -75,6 +75,7 @@ from trustwarden.reconcile.observed import (
     MANAGED_BY,
     MANAGER,
     RENEW_AT_ANNOTATION,
+    REVOKE_FINALIZER,
     BundleInfo,
     NamespaceInfo,
     PodInfo,
@@ -94,6 +95,16 @@ RETRY_MAX = 300.0
 REPAIR_WINDOW = timedelta(minutes=10)
 REPAIRS_BEFORE_BACKOFF = 3
 EVENT_DEDUP_SECONDS = 60.0
+# Status fields that only say when something will happen: a change to these alone (a renewal
+# moved nextRenewal) waits for EngineConfig.status_timing_interval before it is written.
+STATUS_TIMING_FIELDS = ("nextRenewal", "soonestExpiry")
+# Normal Events whose content the object's status already carries: not posted. The routine
+# first issue of a Shared identity shows as its status (spiffeID, serial, Ready); an Event
+# per identity was one API write per certificate.
+STATUS_ONLY_EVENTS = frozenset({("WorkloadIdentity", "Issued")})
+DEPARTED_MAX = 10_000
+CREATE_CONFLICT_RECHECK = 3.0
+BUNDLE_CONFLICT_RETRY = timedelta(seconds=30)
 
 
 @dataclass
@@ -107,6 +118,9 @@ class EngineConfig:
     # The ledger only matters if the operator dies with pods deleted during its outage:
     # batching it wider trades a few seconds of that window for far fewer writes.
     ledger_interval: timedelta = timedelta(seconds=5)
+    # A WorkloadIdentity status change that only moves timing fields (STATUS_TIMING_FIELDS)
+    # is written at most this often; any other change is written at the next status flush.
+    status_timing_interval: timedelta = timedelta(seconds=30)
     # Namespace-scoped mode: never write outside these namespaces (RBAC would refuse anyway).
     watch_namespaces: frozenset[str] | None = None
 
@@ -120,7 +134,8 @@ class Failure:
 
 @dataclass
 class RepairHistory:
-    times: list[datetime] = field(default_factory=list)
+    times: list[datetime] = field(default_factory=list)  # repairs done, within REPAIR_WINDOW
+    not_before: datetime | None = None  # the next repair waits until then
 
 
 @dataclass
@@ -180,10 +195,21 @@ class Engine:
         self.dirty_revocations: set[str] = set()
         self.dirty_status: set[tuple[str, str, str]] = set()
         self.last_status: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._status_written_at: dict[tuple[str, str, str], datetime] = {}
+        self._status_deferred: dict[tuple[str, str, str], datetime] = {}  # key -> write after
         self.conditions: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
         self.recent_events: dict[tuple[str, str, str], float] = {}
         self.bundle_conflicts: set[str] = set()
         self.ledger = Ledger()
+        self._written: set[Hashable] = set()  # targets whose Secret we wrote (repair backoff)
+        self._departed: dict[tuple[str, str], SecretInfo] = {}  # managed Secrets seen to go
+        self._create_conflicts: set[Hashable] = set()  # targets whose create met a 409 once
+        self._invalid_domains: set[str] = set()  # TrustDomains whose spec never parsed
+        self._bundle_retry: dict[str, datetime] = {}  # namespaces whose bundle name is taken
+        # Deleted Secrets we hold with REVOKE_FINALIZER: (namespace, name) -> the TrustDomain
+        # whose revocation list must be persisted before the Secret may go.
+        self._held: dict[tuple[str, str], str] = {}
+        self._persisted: set[tuple[str, str]] = set()  # held ones whose revocation is stored
         self._observed_seq = 0
         self._seen: dict[tuple[str, str, str], int] = {}
         self._prime_scope: list[str] | None = None
@@ -292,6 +318,8 @@ class Engine:
     def forget_namespace(self, name: str) -> None:
         self.namespaces.pop(name, None)
         self.dirty_bundles.discard(name)
+        self.bundle_conflicts.discard(name)
+        self._bundle_retry.pop(name, None)
 
     def observe_trust_domain(self, body: Mapping[str, Any]) -> None:
         name = str((body.get("metadata") or {}).get("name"))
@@ -346,6 +374,9 @@ class Engine:
             self.dirty_status.add(("wid", known.namespace, known.identity))
         self.scheduler.cancel(("pod", *key))
         self.failures.pop(("pod", *key), None)
+        self._written.discard(("pod", *key))
+        self._create_conflicts.discard(("pod", *key))
+        self.repairs.pop(("pod", *key), None)
         if known.secret_name:
             self._schedule(("gone", known.namespace, known.secret_name, known.uid))
 
@@ -358,6 +389,8 @@ class Engine:
         previous = self.secrets.get(key)
         info = SecretInfo.from_body(body, parse_leaf=not is_state, previous=previous)
         self.secrets[key] = info
+        if info.held and not is_state and (previous is None or not previous.held):
+            self._schedule(("release", *key))
         if (
             previous is not None
             and previous.data_sha256 == info.data_sha256
@@ -370,6 +403,16 @@ class Engine:
         info = self.secrets.pop((namespace, name), None)
         self._seen.pop(("secret", namespace, name), None)
         if info is not None:
+            if (
+                info.managed
+                and info.facts is not None
+                and namespace != self.config.operator_namespace
+            ):
+                # The garbage collector may remove a deleted pod's Secret before we hear of the
+                # pod: keep what it held, so the pod's deletion still revokes that serial.
+                self._departed[(namespace, name)] = info
+                if len(self._departed) > DEPARTED_MAX:
+                    del self._departed[next(iter(self._departed))]
             self._poke_secret_owner(info)
 
     def _poke_secret_owner(self, info: SecretInfo) -> None:
@@ -416,6 +459,10 @@ class Engine:
     async def _dispatch(self, key: Hashable) -> None:
         assert isinstance(key, tuple)
         kind = key[0]
+        # A failure recorded by this very run (SecretFight, SecretConflict, InvalidTemplate,
+        # NotSelected, ...) is the current state of that key and must reach the status; only
+        # an older one is cleared by a run that records nothing.
+        before = self.failures.get(key)
         try:
             if kind == "td":
                 await self._reconcile_domain(key[1])
@@ -425,11 +472,14 @@ class Engine:
                 await self._reconcile_pod(key[1], key[2])
             elif kind == "gone":
                 await self._revoke_orphan(key[1], key[2], key[3])
+            elif kind == "release":
+                await self._release(key[1], key[2])
             elif kind == "catchup":
                 await self._catch_up()
             elif kind == "resync":
                 await self._resync()
-            self.failures.pop(key, None)
+            if self.failures.get(key) is before:
+                self.failures.pop(key, None)
         except ConflictError:
             self.scheduler.schedule(key, self.clock() + timedelta(seconds=0.2 + random.random()))  # noqa: S311
         except Exception as exc:
@@ -459,6 +509,8 @@ class Engine:
             spec = TrustDomainSpec.from_body(body)
         except SpecError as exc:
             runtime = self.domains.get(name)
+            if runtime is None:
+                self._invalid_domains.add(name)  # nothing to load: it must not block the rest
             self._set_condition(status_key, "Ready", False, exc.reason, exc.message)
             if runtime is None:
                 self._set_condition(status_key, "CAReady", False, exc.reason, exc.message)
@@ -476,6 +528,7 @@ class Engine:
                 exc.message,
             )
             return
+        self._invalid_domains.discard(name)
         runtime = self.domains.get(name)
         if runtime is None:
             runtime = DomainRuntime(spec=spec)
@@ -1045,12 +1098,37 @@ class Engine:
             },
             "data": desired.data,
         }
-        written = await self._create_or_replace(
-            "ConfigMap", namespace, BUNDLE_CONFIGMAP, body, exists=observed is not None
-        )
+        if observed is None:
+            try:
+                written = await self.kube.create("ConfigMap", namespace, body)
+            except ConflictError:
+                # Not in our (label-filtered) cache: someone else's ConfigMap holds the name.
+                # Leave it untouched, report it, and look again later.
+                existing = await self.kube.get("ConfigMap", namespace, BUNDLE_CONFIGMAP)
+                if existing is not None and not BundleInfo.from_body(existing).managed:
+                    await self._bundle_conflict(namespace, domains)
+                    return
+                written = await self.kube.replace("ConfigMap", namespace, BUNDLE_CONFIGMAP, body)
+        else:
+            written = await self.kube.replace("ConfigMap", namespace, BUNDLE_CONFIGMAP, body)
+        self._bundle_retry.pop(namespace, None)
         operation = "update" if observed is not None else "create"
         self.bundles[namespace] = BundleInfo.from_body(written)
         self.metrics.bundle_writes.labels(operation=operation).inc()
+
+    async def _bundle_conflict(self, namespace: str, domains: Iterable[DomainRuntime]) -> None:
+        self.bundle_conflicts.add(namespace)
+        self._bundle_retry[namespace] = self.clock() + BUNDLE_CONFLICT_RETRY
+        for runtime in domains:
+            self.dirty_status.add(("td", "", runtime.name))
+            await self._event(
+                self._domain_ref(runtime),
+                "Warning",
+                "BundleConflict",
+                f"ConfigMap {namespace}/{BUNDLE_CONFIGMAP} exists and was not created by "
+                "trustwarden; it is left untouched and this namespace gets no trust bundle "
+                "until it is deleted or renamed",
+            )
 
     # ------------------------------------------------------------------ identities
 
@@ -1097,8 +1175,9 @@ class Engine:
         if spec.ttl > cap:
             return (
                 "TTLAboveCap",
-                f"{spec.where}: spec.ttl {spec.ttl} is above the cap of TrustDomain {runtime.name} "
-                f"({cap} = min(policy.maxTTL, CA lifetime / 6)); lower spec.ttl",
+                f"{spec.where}: spec.ttl {format_duration(spec.ttl)} is above the cap of "
+                f"TrustDomain {runtime.name} ({format_duration(cap)} = min(policy.maxTTL, CA "
+                "lifetime / 6)); lower spec.ttl",
             )
         return runtime
 
@@ -1111,6 +1190,8 @@ class Engine:
             self.wids.pop(key, None)
             self.wids_by_ns[namespace].discard(name)
             self.wid_problems.pop(key, None)
+            self._written.discard(status_key)
+            self.repairs.pop(status_key, None)
             await self._revoke_identity_secrets(namespace, name, spec)
             self.dirty_bundles.add(namespace)
             self.last_status.pop(status_key, None)
@@ -1261,7 +1342,7 @@ class Engine:
             self.failures[target.key] = Failure(reason, f"{target.wid.where}: {exc}")
             if not per_pod:
                 self.wid_problems[(target.wid.namespace, target.wid.name)] = (reason, str(exc))
-                await self._event(self._wid_ref(target.wid), "Warning", reason, str(exc))
+            await self._event(self._wid_ref(target.wid), "Warning", reason, str(exc))
             return
         observed = self.secrets.get((target.namespace, target.secret_name))
         if observed is not None and not observed.owned_by(target.owner.uid):
@@ -1319,28 +1400,56 @@ class Engine:
                 await self._refresh_ca(target, ca_pem)
             self._schedule(target.key, decision.at)
             return
-        if observed is not None and decision.reason in (
+        # A repair: our Secret was edited, or deleted after we wrote it. If something keeps
+        # doing that (another controller, a GitOps prune), back off instead of a tight loop.
+        edited = observed is not None and decision.reason in (
             RenewalReason.Tampered,
             RenewalReason.KeyMismatch,
-        ):
+        )
+        recreating = observed is None and (
+            target.key in self._written or (target.namespace, target.secret_name) in self._departed
+        )
+        if recreating and per_pod and not await self._pod_alive(target):
+            # The Secret went because its pod did (garbage collection), and the pod's own
+            # deletion has not reached us yet: issue nothing for a pod that is gone.
+            self.forget_pod(
+                {"metadata": {"namespace": target.namespace, "name": target.owner.name}}
+            )
+            return
+        if edited or recreating:
             delay = self._repair_backoff(target.key, now)
             if delay is not None:
                 self.failures[target.key] = Failure(
                     "SecretFight",
-                    f"Secret {target.namespace}/{target.secret_name} keeps being changed by something else; "
+                    f"Secret {target.namespace}/{target.secret_name} keeps being "
+                    f"{'changed' if edited else 'deleted'} by something else; "
                     f"repairing again in {delay:.0f}s",
                 )
                 self.metrics.errors.labels(reason="SecretFight").inc()
-                if not per_pod:
-                    await self._event(
-                        self._wid_ref(target.wid),
-                        "Warning",
-                        "SecretFight",
-                        self.failures[target.key].message,
-                    )
+                await self._event(
+                    self._wid_ref(target.wid),
+                    "Warning",
+                    "SecretFight",
+                    self.failures[target.key].message,
+                )
                 self._schedule(target.key, now + timedelta(seconds=delay))
                 return
         await self._issue(target, desired, decision, observed, ca_pem, per_pod=per_pod)
+
+    async def _pod_alive(self, target: LeafTarget) -> bool:
+        return await self._pod_lives(target.namespace, target.owner.name, target.owner.uid)
+
+    async def _pod_lives(self, namespace: str, name: str, uid: str) -> bool:
+        """Asked of the API server, not the cache: the pod watch may lag behind the garbage
+        collector, and a wrong "alive" would let a serial go unrevoked."""
+        try:
+            body = await self.kube.get("Pod", namespace, name)
+        except ValueError:  # a port that cannot read pods: assume it lives
+            return True
+        if body is None:
+            return False
+        meta = body.get("metadata") or {}
+        return meta.get("uid") == uid and not meta.get("deletionTimestamp")
 
     def _report_conflict(self, target: LeafTarget, *, per_pod: bool) -> None:
         message = (
@@ -1358,13 +1467,22 @@ class Engine:
         await self._event(self._wid_ref(target.wid), "Warning", "SecretConflict", failure.message)
 
     def _repair_backoff(self, key: Hashable, now: datetime) -> float | None:
+        """None: repair now (and count it). Otherwise the seconds to wait: the first
+        REPAIRS_BEFORE_BACKOFF repairs in REPAIR_WINDOW are immediate, then each waits twice
+        as long as the one before. Changes seen while waiting do not extend the wait, and
+        when it is over the repair happens."""
         history = self.repairs[key]
+        if history.not_before is not None and now < history.not_before:
+            return max(1.0, (history.not_before - now).total_seconds())
         history.times = [t for t in history.times if now - t < REPAIR_WINDOW]
-        history.times.append(now)
-        excess = len(history.times) - REPAIRS_BEFORE_BACKOFF
-        if excess <= 0:
+        excess = len(history.times) + 1 - REPAIRS_BEFORE_BACKOFF
+        if excess <= 0 or history.not_before is not None:
+            history.not_before = None
+            history.times.append(now)
             return None
-        return float(min(RETRY_MAX, 5 * 2**excess))
+        delay = float(min(RETRY_MAX, 5 * 2**excess))
+        history.not_before = now + timedelta(seconds=delay)
+        return delay
 
     async def _issue(
         self,
@@ -1404,6 +1522,14 @@ class Engine:
                 "name": target.secret_name,
                 "namespace": target.namespace,
                 "labels": {MANAGED_BY: MANAGER, IDENTITY_LABEL: target.wid.name},
+                "finalizers": [
+                    *(
+                        f
+                        for f in (observed.finalizers if observed else ())
+                        if f != REVOKE_FINALIZER
+                    ),
+                    REVOKE_FINALIZER,
+                ],
                 "annotations": {
                     **leaf.annotations(),
                     "trustwarden.io/trust-domain": target.domain.trust_domain,
@@ -1428,21 +1554,19 @@ class Engine:
             try:
                 written = await self.kube.create("Secret", target.namespace, body)
             except ConflictError:
-                # A Secret by that name exists but is not in our (label-filtered) cache: it is
-                # not ours. Read it once to be sure, and never write it.
-                existing = await self.kube.get("Secret", target.namespace, target.secret_name)
-                if existing is not None and SecretInfo.from_body(
-                    existing, parse_leaf=False
-                ).owned_by(owner.uid):
-                    self.secrets[(target.namespace, target.secret_name)] = SecretInfo.from_body(
-                        existing
-                    )
-                    self._schedule(target.key)
+                # A Secret by that name exists but is not in our (label-filtered) cache. It may
+                # be ours with the watch lagging (an earlier create whose answer was lost), so
+                # look again once the watch had time to deliver it; still absent then, it is
+                # not ours. Either way it is never read or written.
+                if target.key not in self._create_conflicts:
+                    self._create_conflicts.add(target.key)
+                    self._schedule(target.key, now + timedelta(seconds=CREATE_CONFLICT_RECHECK))
                     return
                 self._report_conflict(target, per_pod=per_pod)
                 await self._conflict_event(target, per_pod=per_pod)
                 self._schedule(target.key, now + timedelta(seconds=60))
                 return
+            self._create_conflicts.discard(target.key)
         else:
             body["metadata"]["resourceVersion"] = str(observed.resource_version)
             written = await self.kube.replace("Secret", target.namespace, target.secret_name, body)
@@ -1455,6 +1579,7 @@ class Engine:
                 leaf.serial, owner.uid, leaf.not_after, target.domain.name, authority.sha256
             ),
         )
+        self._written.add(target.key)
         self.metrics.issue_latency.observe(time.perf_counter() - started)
         domain = target.domain.trust_domain
         target.domain.issued += 1
@@ -1486,14 +1611,25 @@ class Engine:
             self._schedule(target.key, max(next_decision.at, now + timedelta(seconds=1)))
 
     async def _refresh_ca(self, target: LeafTarget, ca_pem: bytes) -> None:
-        """The anchors changed (a prepared authority, federation): update ca.crt only."""
-        current = await self.kube.get("Secret", target.namespace, target.secret_name)
-        if current is None:
+        """The anchors changed (a prepared authority, federation): update ca.crt only.
+
+        One patch with the cached resourceVersion as precondition: a Secret changed since we
+        saw it answers 409 (ConflictError), and the retry judges the new content."""
+        key = (target.namespace, target.secret_name)
+        cached = self.secrets.get(key)
+        if cached is None:
             return
-        body = dict(current)
-        body["data"] = {**(current.get("data") or {}), "ca.crt": _b64(ca_pem)}
-        written = await self.kube.replace("Secret", target.namespace, target.secret_name, body)
-        self.secrets[(target.namespace, target.secret_name)] = SecretInfo.from_body(written)
+        try:
+            written = await self.kube.patch_data(
+                "Secret",
+                target.namespace,
+                target.secret_name,
+                {"ca.crt": _b64(ca_pem)},
+                resource_version=str(cached.resource_version),
+            )
+        except NotFoundError:
+            return  # deleted meanwhile: its deletion is handled through the watch
+        self.secrets[key] = SecretInfo.from_body(written)
 
     # ------------------------------------------------------------------ revocation
 
@@ -1522,15 +1658,20 @@ class Engine:
         runtime = self._domain_of(facts)
         if runtime is None:
             return False
-        issuer = facts.issuer_sha256
-        if issuer is None and runtime.authorities is not None:
-            issuer = next(
-                (r.sha256 for r in runtime.authorities.records if facts.issued_by(r.authority)),
-                None,
-            )
+        issuer = self._issuer_of(facts, runtime)
         if issuer is None:
             return False
         return self._revoke(runtime, facts.serial, issuer, facts.not_after, reason)
+
+    @staticmethod
+    def _issuer_of(facts: LeafFacts, runtime: DomainRuntime) -> str | None:
+        """The fingerprint of the authority that signed the leaf, as annotated or as found."""
+        if facts.issuer_sha256 is not None or runtime.authorities is None:
+            return facts.issuer_sha256
+        return next(
+            (r.sha256 for r in runtime.authorities.records if facts.issued_by(r.authority)),
+            None,
+        )
 
     def _revoke_owner(self, namespace: str, owner_uid: str, reason: str) -> int:
         """Revoke every ledger serial of a dead owner: current and superseded ones alike."""
@@ -1544,7 +1685,10 @@ class Engine:
         return len(revoked)
 
     def _domains_loaded(self) -> bool:
-        return all(name in self.domains and self.domains[name].loaded for name in self.td_bodies)
+        return all(
+            (name in self.domains and self.domains[name].loaded) or name in self._invalid_domains
+            for name in self.td_bodies
+        )
 
     async def _revoke_orphan(self, namespace: str, secret_name: str, owner_uid: str) -> None:
         """A pod is gone: revoke its serials and delete its Secret now, not at GC time."""
@@ -1554,11 +1698,12 @@ class Engine:
             )
             return
         observed = self.secrets.get((namespace, secret_name))
+        departed = self._departed.pop((namespace, secret_name), None)
+        if departed is not None and departed.owned_by(owner_uid):
+            self._revoke_facts(departed.facts, "PodDeleted")
         if observed is not None and observed.owned_by(owner_uid):
             self._revoke_facts(observed.facts, "PodDeleted")
-            with contextlib.suppress(NotFoundError):
-                await self.kube.delete("Secret", namespace, secret_name, uid=observed.uid)
-            self.secrets.pop((namespace, secret_name), None)
+            await self._delete_issued(observed)
         self._revoke_owner(namespace, owner_uid, "PodDeleted")
 
     async def _revoke_identity_secrets(
@@ -1571,9 +1716,69 @@ class Engine:
                 log.info("revoked %s/%s: WorkloadIdentity %s deleted", ns, secret_name, name)
             for uid in info.owner_uids:
                 self._revoke_owner(ns, uid, "IdentityDeleted")
+            await self._delete_issued(info)
+
+    async def _delete_issued(self, info: SecretInfo) -> None:
+        """Delete a Secret whose serials were just revoked. One that carries REVOKE_FINALIZER
+        stays, terminating, until the revocation list holding them is stored (see _release)."""
+        key = (info.namespace, info.name)
+        if not info.deleting:
             with contextlib.suppress(NotFoundError):
-                await self.kube.delete("Secret", ns, secret_name, uid=info.uid)
-            self.secrets.pop((ns, secret_name), None)
+                if not await self.kube.delete("Secret", info.namespace, info.name, uid=info.uid):
+                    self.secrets.pop(key, None)  # a different Secret holds the name now
+                    return
+        if REVOKE_FINALIZER in info.finalizers:
+            self.secrets[key] = replace(info, deleting=True)
+            await self._release(*key)
+        else:
+            self.secrets.pop(key, None)
+
+    async def _release(self, namespace: str, name: str) -> None:
+        """A Secret we issued is being deleted (by us, the garbage collector, or a person) and
+        our finalizer holds it. Revoke what it carries unless its owner still lives (a hand
+        deletion: the owner just gets a fresh one), and let it go once that revocation is in
+        the stored revocation list, so not even a crash right now can lose it."""
+        key = (namespace, name)
+        info = self.secrets.get(key)
+        if info is None or not info.held:
+            self._held.pop(key, None)
+            self._persisted.discard(key)
+            return
+        if key in self._persisted:
+            self._persisted.discard(key)
+            with contextlib.suppress(NotFoundError):
+                await self.kube.remove_finalizer(
+                    "Secret", namespace, name, REVOKE_FINALIZER, uid=info.uid
+                )
+            return
+        if key in self._held:
+            return  # the next flush decides
+        if not self._domains_loaded():
+            self._schedule(("release", *key), self.clock() + timedelta(seconds=1))
+            return
+        facts = info.facts
+        runtime = self._domain_of(facts) if facts is not None else None
+        if facts is not None and runtime is not None:
+            if facts.serial not in runtime.revocations and not await self._owner_lives(info):
+                self._revoke_facts(facts, "OwnerDeleted")
+            if facts.serial in runtime.revocations:
+                self._held[key] = runtime.name  # flush() moves it on once stored
+                return
+        self._persisted.add(key)
+        await self._release(namespace, name)
+
+    async def _owner_lives(self, info: SecretInfo) -> bool:
+        identity = (info.namespace, info.identity or "")
+        if identity not in self.wid_bodies:
+            return False  # an identity that is gone takes what it issued with it
+        spec = self.wids.get(identity)
+        if spec is not None and spec.uid in info.owner_uids:
+            return True  # a Shared identity's own Secret
+        for pod_name in self.pods_by_wid.get(identity, ()):
+            pod = self.pods.get((info.namespace, pod_name))
+            if pod is not None and pod.uid in info.owner_uids:
+                return not pod.deleting and await self._pod_lives(info.namespace, pod.name, pod.uid)
+        return False
 
     async def _catch_up(self) -> None:
         """After a restart: whatever was issued to an owner that vanished while we were down
@@ -1589,6 +1794,18 @@ class Engine:
             if owners and not owners & live:
                 for uid in owners:
                     await self._revoke_orphan(ns, name, uid)
+        # A WorkloadIdentity deleted while we were down: its per-pod Secrets are owned by pods
+        # that still run, so the loop above keeps them; revoke them as the deletion would have.
+        opns = self.config.operator_namespace
+        deleted_identities = {
+            (ns, info.identity)
+            for (ns, _), info in self.secrets.items()
+            if info.managed and ns != opns and info.identity
+            if (ns, info.identity) not in self.wid_bodies
+        }
+        for ns, identity in sorted(deleted_identities):
+            log.info("WorkloadIdentity %s/%s was deleted while the operator was down", ns, identity)
+            await self._revoke_identity_secrets(ns, identity, None)
         dead = {(ns, e.owner_uid) for ns, e in self.ledger.all() if e.owner_uid not in live}
         for ns, uid in dead:
             count = self._revoke_owner(ns, uid, "OwnerDeletedWhileDown")
@@ -1598,6 +1815,30 @@ class Engine:
                 uid,
                 ns,
             )
+        # A serial written just before a crash, ahead of the batched ledger write, lives only
+        # in its Secret, which the garbage collector removes with the pod even while we are
+        # down. Put every live Secret's serial in the ledger and persist it at the next flush.
+        backfilled = 0
+        for (ns, _), info in self.secrets.items():
+            facts = info.facts
+            if not info.managed or ns == opns or facts is None or not info.owner_uids:
+                continue
+            if facts.serial in self.ledger.entries.get(ns, {}):
+                continue
+            runtime = self._domain_of(facts)
+            issuer = self._issuer_of(facts, runtime) if runtime is not None else None
+            if runtime is None or issuer is None:
+                continue
+            self.ledger.record(
+                ns,
+                LedgerEntry(
+                    facts.serial, info.owner_uids[0], facts.not_after, runtime.name, issuer
+                ),
+            )
+            backfilled += 1
+        if backfilled:
+            log.info("recorded %d serial(s) missing from the issuance ledger", backfilled)
+            self._ledger_flushed_at = None
 
     # ------------------------------------------------------------------ flushing
 
@@ -1614,7 +1855,18 @@ class Engine:
             runtime = self.domains.get(name)
             self.dirty_revocations.discard(name)
             if runtime is not None:
-                await self._write_revocations(runtime)
+                try:
+                    await self._write_revocations(runtime)
+                except Exception:
+                    self.dirty_revocations.add(name)
+                    raise
+        # Held Secrets whose serials are now stored may go (a domain revoked into since this
+        # flush began is dirty again and waits for the next one).
+        for key, domain in list(self._held.items()):
+            if domain not in self.dirty_revocations:
+                del self._held[key]
+                self._persisted.add(key)
+                self._schedule(("release", *key))
         now = self.clock()
         ledger_due = (
             self._ledger_flushed_at is None
@@ -1630,6 +1882,16 @@ class Engine:
             except Exception as exc:
                 self.ledger.dirty.add(namespace)
                 log.warning("ledger for namespace %s not written: %s", namespace, exc)
+        now = self.clock()
+        for namespace, at in list(self._bundle_retry.items()):
+            if at <= now:  # a foreign ConfigMap held the bundle's name: try again
+                del self._bundle_retry[namespace]
+                self.dirty_bundles.add(namespace)
+        if not self._domains_loaded():
+            # Until every TrustDomain's authorities are loaded after a start, a bundle written
+            # now would drop that domain's anchors (a trust gap), and a CA recovery reads the
+            # previous anchors back from the published bundles. Keep them dirty until then.
+            return
         pending = list(self.dirty_bundles)
         self.dirty_bundles.clear()
         for runtime in self.domains.values():
@@ -1684,7 +1946,11 @@ class Engine:
                 log.exception("status flush failed; retrying")
 
     async def flush_status(self) -> None:
-        pending = list(self.dirty_status)
+        now = self.clock()
+        due = [k for k, at in self._status_deferred.items() if at <= now]
+        for status_key in due:
+            del self._status_deferred[status_key]
+        pending = self.dirty_status | set(due)
         self.dirty_status.clear()
         for status_key in pending:
             kind, namespace, name = status_key
@@ -1693,8 +1959,18 @@ class Engine:
                     status = self._domain_status(name)
                 else:
                     status = self._identity_status(namespace, name)
-                if status is None or self.last_status.get(status_key) == status:
+                previous = self.last_status.get(status_key)
+                if status is None or previous == status:
+                    self._status_deferred.pop(status_key, None)
+                    if status is None:
+                        self._status_written_at.pop(status_key, None)
                     continue
+                if kind == "wid" and previous is not None and _timing_only(previous, status):
+                    written_at = self._status_written_at.get(status_key)
+                    later = (written_at or now) + self.config.status_timing_interval
+                    if written_at is not None and later > now:
+                        self._status_deferred.setdefault(status_key, later)
+                        continue
                 await self.kube.patch_status(
                     "TrustDomain" if kind == "td" else "WorkloadIdentity",
                     namespace or None,
@@ -1702,6 +1978,8 @@ class Engine:
                     status,
                 )
                 self.last_status[status_key] = status
+                self._status_written_at[status_key] = now
+                self._status_deferred.pop(status_key, None)
             except NotFoundError:
                 self.last_status.pop(status_key, None)
             except Exception as exc:
@@ -1893,6 +2171,8 @@ class Engine:
     # ------------------------------------------------------------------ events
 
     async def _event(self, ref: ObjectRef, type_: str, reason: str, message: str) -> None:
+        if type_ == "Normal" and (ref.kind, reason) in STATUS_ONLY_EVENTS:
+            return
         dedup = (f"{ref.kind}/{ref.namespace}/{ref.name}", reason, message)
         now = time.monotonic()
         last = self.recent_events.get(dedup)
@@ -1924,6 +2204,12 @@ _AUTHORITY_STATUS_KEYS = {"serial", "sha256", "notBefore", "notAfter", "state"}
 
 class _CAError(PKIError):
     """A CA source problem reported on the TrustDomain."""
+
+
+def _timing_only(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    """True when two statuses differ in STATUS_TIMING_FIELDS alone."""
+    keys = (before.keys() | after.keys()) - set(STATUS_TIMING_FIELDS)
+    return all(before.get(k) == after.get(k) for k in keys)
 
 
 def dumps(value: Any) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import secrets as _secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,11 +19,11 @@ class InjectionRejected(Exception):
 
 @dataclass(frozen=True)
 class InjectionPatch:
-    """Merge-patch content for the pod: full replacement lists for volumes and containers."""
+    """The decision for one pod: which identity and Secret (None when no PerPod identity
+    selects it), and our label and annotation, a value of None meaning "remove this key"."""
 
     labels: dict[str, str | None] = field(default_factory=dict)
     annotations: dict[str, str | None] = field(default_factory=dict)
-    spec: dict[str, Any] = field(default_factory=dict)
     identity: str | None = None
     secret_name: str | None = None
 
@@ -71,32 +70,101 @@ def plan_injection(
         return InjectionPatch(labels=strip_labels, annotations=strip_annotations)
     identity = matches[0]
     secret_name = name_factory(identity.name)
-    spec = pod.get("spec") or {}
-    volumes = [v for v in spec.get("volumes") or () if v.get("name") != SVID_VOLUME]
-    volumes.append(
-        {"name": SVID_VOLUME, "secret": {"secretName": secret_name, "defaultMode": 0o440}}
-    )
-    new_spec: dict[str, Any] = {"volumes": volumes}
-    for container_field in ("initContainers", "containers"):
-        containers = spec.get(container_field)
-        if not containers:
-            continue
-        updated = []
-        for container in containers:
-            container = copy.deepcopy(dict(container))
-            mounts = [
-                m
-                for m in container.get("volumeMounts") or ()
-                if m.get("name") != SVID_VOLUME and m.get("mountPath") != MOUNT_PATH
-            ]
-            mounts.append({"name": SVID_VOLUME, "mountPath": MOUNT_PATH, "readOnly": True})
-            container["volumeMounts"] = mounts
-            updated.append(container)
-        new_spec[container_field] = updated
     return InjectionPatch(
         labels={IDENTITY_LABEL: identity.name},
         annotations={SECRET_ANNOTATION: secret_name},
-        spec=new_spec,
         identity=identity.name,
         secret_name=secret_name,
     )
+
+
+# --- the decision as an RFC 6902 JSON Patch against the pod the API server sent -----------
+#
+# Built from the few places it touches, never by copying and diffing the whole pod: the
+# webhook answers every pod CREATE in opted-in namespaces, and a deep copy plus a whole-body
+# diff per pod was a large share of the operator's CPU in bursts. A map or list that the pod
+# does not have is added whole ("add" of a missing member's parent fails).
+
+JsonPatch = list[dict[str, Any]]
+
+# The container lists a pod can be created with. Ephemeral containers cannot be set at
+# CREATE (the API server refuses them), so the webhook never sees any.
+CONTAINER_FIELDS = ("initContainers", "containers")
+
+
+def pointer_token(key: str) -> str:
+    """One JSON Pointer reference token (RFC 6901): '~' is '~0', '/' is '~1'."""
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def svid_volume(secret_name: str) -> dict[str, Any]:
+    return {"name": SVID_VOLUME, "secret": {"secretName": secret_name, "defaultMode": 0o440}}
+
+
+def svid_mount() -> dict[str, Any]:
+    return {"name": SVID_VOLUME, "mountPath": MOUNT_PATH, "readOnly": True}
+
+
+def _map_ops(path: str, current: Any, changes: Mapping[str, str | None]) -> JsonPatch:
+    """Set (value) or remove (None) keys of the map at `path`, which may be absent."""
+    present = current if isinstance(current, Mapping) else None
+    if present is None:
+        added = {k: v for k, v in changes.items() if v is not None}
+        return [{"op": "add", "path": path, "value": added}] if added else []
+    ops: JsonPatch = []
+    for key, value in changes.items():
+        member = f"{path}/{pointer_token(key)}"
+        if value is None:
+            if key in present:
+                ops.append({"op": "remove", "path": member})
+        elif present.get(key) != value:
+            ops.append({"op": "add", "path": member, "value": value})  # add also replaces
+    return ops
+
+
+def _list_ops(
+    path: str, current: Any, item: dict[str, Any], replaces: Callable[[Any], bool]
+) -> JsonPatch:
+    """Append `item` to the list at `path` (absent or not), dropping entries it replaces."""
+    if not isinstance(current, list) or not current:
+        return [{"op": "add", "path": path, "value": [item]}]
+    if any(replaces(entry) for entry in current):
+        # Rare (a hand-written entry of ours): rewrite the list rather than remove by index.
+        kept = [entry for entry in current if not replaces(entry)]
+        return [{"op": "replace", "path": path, "value": [*kept, item]}]
+    return [{"op": "add", "path": f"{path}/-", "value": item}]
+
+
+def _is_svid_volume(volume: Any) -> bool:
+    return isinstance(volume, Mapping) and volume.get("name") == SVID_VOLUME
+
+
+def _is_svid_mount(mount: Any) -> bool:
+    return isinstance(mount, Mapping) and (
+        mount.get("name") == SVID_VOLUME or mount.get("mountPath") == MOUNT_PATH
+    )
+
+
+def json_patch(pod: Mapping[str, Any], plan: InjectionPatch) -> JsonPatch:
+    """The JSON Patch that applies `plan` to `pod`: our label and annotation, and for an
+    injected pod the SVID volume and a read-only mount in every (init) container. A volume
+    or mount of ours that the user wrote by hand is replaced: the user never picks the
+    Secret."""
+    meta = pod.get("metadata") or {}
+    ops = _map_ops("/metadata/labels", meta.get("labels"), plan.labels)
+    ops += _map_ops("/metadata/annotations", meta.get("annotations"), plan.annotations)
+    if plan.secret_name is None:
+        return ops
+    spec = pod.get("spec") or {}
+    ops += _list_ops(
+        "/spec/volumes", spec.get("volumes"), svid_volume(plan.secret_name), _is_svid_volume
+    )
+    for container_field in CONTAINER_FIELDS:
+        for index, container in enumerate(spec.get(container_field) or ()):
+            ops += _list_ops(
+                f"/spec/{container_field}/{index}/volumeMounts",
+                container.get("volumeMounts"),
+                svid_mount(),
+                _is_svid_mount,
+            )
+    return ops

@@ -26,6 +26,10 @@ BUNDLE_CONFIGMAP = "trustwarden-bundle"
 CONTENT_HASH_ANNOTATION = "trustwarden.io/content-hash"
 REVOKE_ANNOTATION = "trustwarden.io/revoke"
 RENEW_AT_ANNOTATION = "trustwarden.io/renew-at"
+# On every issued Secret: the garbage collector (or anyone) can start deleting it at any time,
+# even while the operator is down, but it is only removed once its serial is in the persisted
+# revocation list (or, if its owner still lives, once the operator has seen the deletion).
+REVOKE_FINALIZER = "trustwarden.io/revoke"
 
 
 def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -109,6 +113,7 @@ class SecretInfo:
     revoke_request: str | None  # `trustwarden revoke` asks for an emergency revocation here
     deleting: bool
     resource_version: int
+    finalizers: tuple[str, ...] = ()
 
     @classmethod
     def from_body(
@@ -162,10 +167,16 @@ class SecretInfo:
             revoke_request=(meta.get("annotations") or {}).get(REVOKE_ANNOTATION),
             deleting=bool(meta.get("deletionTimestamp")),
             resource_version=resource_version(body),
+            finalizers=tuple(str(f) for f in meta.get("finalizers") or ()),
         )
 
     def owned_by(self, uid: str) -> bool:
         return self.managed and uid in self.owner_uids
+
+    @property
+    def held(self) -> bool:
+        """Deleted, and waiting for trustwarden to record its revocation before it goes."""
+        return self.deleting and REVOKE_FINALIZER in self.finalizers
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,28 @@ class KubePort(Protocol):
 
     async def replace(self, kind: str, namespace: str, name: str, body: Body) -> Body: ...
 
+    async def patch_data(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        data: Mapping[str, str],
+        *,
+        resource_version: str,
+    ) -> Body:
+        """Set these `data` keys (others untouched) if the object still has that
+        resourceVersion (ConflictError otherwise); the written object."""
+        ...
+
     async def delete(
         self, kind: str, namespace: str, name: str, *, uid: str | None = None
     ) -> bool: ...
+
+    async def remove_finalizer(
+        self, kind: str, namespace: str, name: str, finalizer: str, *, uid: str
+    ) -> None:
+        """Drop one finalizer from the object with that uid (NotFoundError if it is gone)."""
+        ...
 
     async def patch_status(
         self, kind: str, namespace: str | None, name: str, status: Body

@@ -116,11 +116,13 @@ ClusterRole (every namespace) or into one Role per watched namespace (watchNames
   verbs: ["get", "list", "watch"]
 # The issued X.509-SVIDs: one Secret per pod (owned by the pod) or per Shared identity.
 # The operator creates them, replaces them on renewal and deletes them at revocation (with a
-# uid precondition). It watches only Secrets labelled app.kubernetes.io/managed-by=trustwarden,
-# but RBAC cannot restrict list/watch by label.
+# uid precondition). Each carries the finalizer trustwarden.io/revoke, which the operator
+# removes with a JSON patch (uid-tested) once the serial is in the stored revocation list.
+# It watches only Secrets labelled app.kubernetes.io/managed-by=trustwarden, but RBAC cannot
+# restrict list/watch by label.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch", "create", "update", "delete"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 # The trust bundle ConfigMap trustwarden-bundle: written when its content hash changes,
 # deleted when the namespace is no longer entitled to any anchors.
 - apiGroups: [""]
