@@ -53,6 +53,7 @@ class OperatorSlot:
         self.stop()
         self.current = OperatorProcess(self.cluster.kubeconfig, extra_args=extra_args).start()
         self.current.wait_leading()
+        self.current.wait_webhook()
         return self.current
 
     def ensure(self) -> OperatorProcess:

@@ -80,6 +80,15 @@ class OperatorProcess:
             what=f"operator {self.identity} to start reconciling (log: {self.log_path})",
         )
 
+    def wait_webhook(self, timeout: float = 60) -> None:
+        """The webhook binds its port only after the caches are loaded, just after
+        reconciliation starts; until then pod creation in injected namespaces is refused."""
+        wait_for(
+            lambda: self._check_alive() and "injection webhook listening" in self.log(),
+            timeout=timeout,
+            what=f"operator {self.identity} to serve its webhook (log: {self.log_path})",
+        )
+
     def wait_serving(self, timeout: float = 60) -> None:
         wait_for(
             lambda: self._check_alive() and self.metrics() is not None,

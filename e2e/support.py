@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import time
@@ -265,6 +266,17 @@ def apply_yaml(
     cluster: Cluster, text: str, *extra: str, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     return cluster.kubectl("apply", *extra, "-f", "-", check=check, input_text=text)
+
+
+def apply_identity(cluster: Cluster, namespace: str, name: str, domain: str, **spec: Any) -> None:
+    """Apply a WorkloadIdentity: spec.trustDomain plus `spec` (API field names)."""
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "WorkloadIdentity",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"trustDomain": domain, **spec},
+    }
+    apply_yaml(cluster, json.dumps(body))
 
 
 @contextmanager

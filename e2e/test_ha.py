@@ -241,6 +241,12 @@ def test_standby_takes_over_after_sigkill_without_double_issuance(
     before = [f"before-{i:03d}" for i in range(BEFORE)]
     apply_yaml(cluster, identities_yaml(ns, pair.domain, before))
     wait_for(lambda: len(_all_secrets(cluster, ns)) == BEFORE, timeout=90, what=f"{BEFORE} Secrets")
+    # The counter moves once the create's answer is back, just after the Secret is visible.
+    wait_for(
+        lambda: sample_sum(first.metrics(), "trustwarden_certificates_issued_total") >= BEFORE,
+        timeout=30,
+        what=f"the leader to count {BEFORE} issued certificates",
+    )
     first_metrics = first.metrics()
     assert sample_sum(first_metrics, "trustwarden_certificates_issued_total") == BEFORE
     assert sample_sum(second.metrics(), "trustwarden_certificates_issued_total") == 0

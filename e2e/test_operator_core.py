@@ -7,6 +7,7 @@ import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -18,6 +19,7 @@ from e2e.support import (
     GROUP,
     VERSION,
     Cluster,
+    apply_identity,
     apply_yaml,
     bundle_data,
     condition,
@@ -61,25 +63,21 @@ def shared_identity(
     *,
     ttl: str = "1h",
     renew_at: str = "50%",
-    extra: str = "",
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    apply_yaml(
+    apply_identity(
         cluster,
-        f"""
-apiVersion: trustwarden.io/v1alpha1
-kind: WorkloadIdentity
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  trustDomain: {domain.name}
-  delivery: {{mode: Shared, secretName: {name}-svid}}
-  serviceAccountName: {name}
-  dnsNames: ["{name}.{{namespace}}.svc"]
-  ttl: {ttl}
-  renewAt: "{renew_at}"
-  usages: [server]
-  owner: team@example.org
-{extra}
-""",
+        namespace,
+        name,
+        domain.name,
+        delivery={"mode": "Shared", "secretName": f"{name}-svid"},
+        serviceAccountName=name,
+        dnsNames=[f"{name}.{{namespace}}.svc"],
+        ttl=ttl,
+        renewAt=renew_at,
+        usages=["server"],
+        owner="team@example.org",
+        **(extra or {}),
     )
 
 
@@ -164,7 +162,7 @@ spec:
             cluster.namespace() as federated,
         ):
             shared_identity(cluster, plain, domain)
-            shared_identity(cluster, federated, domain, extra=f"  federatesWith: [{partner}]")
+            shared_identity(cluster, federated, domain, extra={"federatesWith": [partner]})
             plain_bundle = wait_for(
                 lambda: bundle_data(cluster, plain), timeout=30, what="plain bundle"
             )

@@ -18,7 +18,7 @@ from e2e.conftest import OperatorSlot
 from e2e.operator import OperatorProcess
 from e2e.support import (
     Cluster,
-    apply_yaml,
+    apply_identity,
     bundle_data,
     get_wid,
     gone,
@@ -57,21 +57,17 @@ def per_pod_identity(
     ttl: str = "1h",
     renew_at: str = "50%",
 ) -> None:
-    apply_yaml(
+    apply_identity(
         cluster,
-        f"""
-apiVersion: trustwarden.io/v1alpha1
-kind: WorkloadIdentity
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  trustDomain: {domain}
-  podSelector: {{matchLabels: {{app: {app}}}}}
-  spiffeID: /ns/{{namespace}}/sa/{{serviceAccount}}
-  dnsNames: ["{{pod.name}}.{{namespace}}.pod", "{app}.{{namespace}}.svc"]
-  ttl: {ttl}
-  renewAt: "{renew_at}"
-  owner: team-payments@example.org
-""",
+        namespace,
+        name,
+        domain,
+        podSelector={"matchLabels": {"app": app}},
+        spiffeID="/ns/{namespace}/sa/{serviceAccount}",
+        dnsNames=["{pod.name}.{namespace}.pod", f"{app}.{{namespace}}.svc"],
+        ttl=ttl,
+        renewAt=renew_at,
+        owner="team-payments@example.org",
     )
     wait_condition(lambda: get_wid(cluster, namespace, name), "Ready", "True", timeout=60)
 

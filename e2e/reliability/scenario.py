@@ -13,7 +13,7 @@ from e2e.reliability.harness import PodFactory, PodRef, SecretRecorder
 from e2e.reliability.invariants import Invariants
 from e2e.support import (
     Cluster,
-    apply_yaml,
+    apply_identity,
     get_wid,
     secret_data,
     serial_of,
@@ -34,21 +34,17 @@ def per_pod_identity(
     ttl: str = "1h",
     renew_at: str = "50%",
 ) -> None:
-    apply_yaml(
+    apply_identity(
         cluster,
-        f"""
-apiVersion: trustwarden.io/v1alpha1
-kind: WorkloadIdentity
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  trustDomain: {domain}
-  podSelector: {{matchLabels: {{app: {app}}}}}
-  spiffeID: /ns/{{namespace}}/sa/{{serviceAccount}}/{{label:app}}
-  dnsNames: ["{{pod.name}}.{{namespace}}.pod"]
-  ttl: {ttl}
-  renewAt: "{renew_at}"
-  owner: sre@example.org
-""",
+        namespace,
+        name,
+        domain,
+        podSelector={"matchLabels": {"app": app}},
+        spiffeID="/ns/{namespace}/sa/{serviceAccount}/{label:app}",
+        dnsNames=["{pod.name}.{namespace}.pod"],
+        ttl=ttl,
+        renewAt=renew_at,
+        owner="sre@example.org",
     )
     wait_condition(lambda: get_wid(cluster, namespace, name), "Ready", "True", timeout=60)
 
@@ -56,20 +52,16 @@ spec:
 def shared_identity(
     cluster: Cluster, namespace: str, domain: str, name: str, ttl: str = "1h"
 ) -> None:
-    apply_yaml(
+    apply_identity(
         cluster,
-        f"""
-apiVersion: trustwarden.io/v1alpha1
-kind: WorkloadIdentity
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  trustDomain: {domain}
-  delivery: {{mode: Shared, secretName: {name}-svid}}
-  serviceAccountName: {name}
-  dnsNames: ["{name}.{{namespace}}.svc"]
-  ttl: {ttl}
-  owner: sre@example.org
-""",
+        namespace,
+        name,
+        domain,
+        delivery={"mode": "Shared", "secretName": f"{name}-svid"},
+        serviceAccountName=name,
+        dnsNames=[f"{name}.{{namespace}}.svc"],
+        ttl=ttl,
+        owner="sre@example.org",
     )
 
 
