@@ -6,7 +6,7 @@ import copy
 import itertools
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,6 +37,8 @@ class FakeKube:
         self.events: list[tuple[ObjectRef, str, str, str]] = []
         self.statuses: dict[tuple[str, str | None, str], dict[str, Any]] = {}
         self._rv = itertools.count(1)
+        self.page_size = 500
+        self.pages_listed = 0
 
     def _stamp(self, body: Mapping[str, Any]) -> dict[str, Any]:
         stored = copy.deepcopy(dict(body))
@@ -50,12 +52,13 @@ class FakeKube:
         found = self.objects.get((kind, namespace, name))
         return copy.deepcopy(found) if found is not None else None
 
-    async def list_all(
+    async def list_pages(
         self, kind: str, *, label_selector: str, namespaces: list[str] | None = None
-    ) -> list[Body]:
+    ) -> AsyncIterator[list[Body]]:
+        """Pages of `page_size`, like the API server's paginated list."""
         self.calls["list"] += 1
         key, _, value = label_selector.partition("=")
-        return [
+        matching = [
             copy.deepcopy(body)
             for (k, ns, _), body in self.objects.items()
             if k == kind
@@ -63,6 +66,9 @@ class FakeKube:
             and key in (body["metadata"].get("labels") or {})
             and (not value or body["metadata"]["labels"][key] == value)
         ]
+        for start in range(0, len(matching), self.page_size):
+            self.pages_listed += 1
+            yield matching[start : start + self.page_size]
 
     async def create(self, kind: str, namespace: str, body: Body) -> Body:
         self.calls["create"] += 1
@@ -207,3 +213,46 @@ def workload_identity(
         "spec": spec
         or {"trustDomain": domain, "delivery": {"mode": "Shared", "secretName": f"{name}-svid"}},
     }
+
+
+def per_pod_world(engine: Engine) -> None:
+    """Namespace `shop` (opted in), the operator namespace, TrustDomain `prod` and the PerPod
+    WorkloadIdentity shop/web selecting app=web."""
+    engine.observe_namespace(namespace("shop", {"trustwarden.io/inject": "enabled"}))
+    engine.observe_namespace(namespace("trustwarden-system"))
+    engine.observe_trust_domain(trust_domain())
+    engine.observe_workload_identity(
+        workload_identity(
+            "shop",
+            "web",
+            spec={
+                "trustDomain": "prod",
+                "podSelector": {"matchLabels": {"app": "web"}},
+                "delivery": {"mode": "PerPod"},
+            },
+        )
+    )
+
+
+def add_web_pod(engine: Engine, kube: FakeKube, name: str, uid: str) -> dict[str, Any]:
+    """Pod shop/<name> as the webhook leaves it (Secret web-svid-<name>), in the fake API and
+    in the engine's cache."""
+    secret = f"web-svid-{name}"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": "shop",
+            "uid": uid,
+            "labels": {"app": "web", "trustwarden.io/identity": "web"},
+            "annotations": {"trustwarden.io/secret": secret},
+        },
+        "spec": {
+            "serviceAccountName": "default",
+            "volumes": [{"name": "trustwarden-svid", "secret": {"secretName": secret}}],
+        },
+    }
+    kube.objects[("Pod", "shop", name)] = pod
+    engine.observe_pod(pod)
+    return pod

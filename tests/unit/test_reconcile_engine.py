@@ -12,9 +12,11 @@ from cryptography import x509
 from tests.unit.fakes import (
     FakeClock,
     FakeKube,
+    add_web_pod,
     drain,
     make_engine,
     namespace,
+    per_pod_world,
     trust_domain,
     workload_identity,
 )
@@ -276,38 +278,18 @@ FINALIZER = "trustwarden.io/revoke"
 
 
 def _per_pod_setup(engine: Engine, kube: FakeKube, pod_uid: str = "uid-pod-w1") -> dict[str, Any]:
-    engine.observe_namespace(namespace("shop", {"trustwarden.io/inject": "enabled"}))
-    engine.observe_namespace(namespace("trustwarden-system"))
-    engine.observe_trust_domain(trust_domain())
-    engine.observe_workload_identity(
-        workload_identity(
-            "shop",
-            "web",
-            spec={
-                "trustDomain": "prod",
-                "podSelector": {"matchLabels": {"app": "web"}},
-                "delivery": {"mode": "PerPod"},
-            },
-        )
-    )
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": "w1",
-            "namespace": "shop",
-            "uid": pod_uid,
-            "labels": {"app": "web", "trustwarden.io/identity": "web"},
-            "annotations": {"trustwarden.io/secret": "web-svid-w1"},
-        },
-        "spec": {
-            "serviceAccountName": "default",
-            "volumes": [{"name": "trustwarden-svid", "secret": {"secretName": "web-svid-w1"}}],
-        },
-    }
-    kube.objects[("Pod", "shop", "w1")] = pod
-    engine.observe_pod(pod)
-    return pod
+    per_pod_world(engine)
+    return add_web_pod(engine, kube, "w1", pod_uid)
+
+
+async def _per_pod_issued(kube: FakeKube, clock: FakeClock) -> tuple[Engine, dict[str, Any], int]:
+    """An engine that issued the PerPod SVID of pod shop/w1: (engine, pod, serial)."""
+    engine = make_engine(kube, clock)
+    pod = _per_pod_setup(engine, kube)
+    for key in (("td", "prod"), ("pod", "shop", "w1")):
+        engine.scheduler.schedule(key, clock())
+    await drain(engine, clock)
+    return engine, pod, leaf_serial(kube, "shop", "web-svid-w1")
 
 
 def _stored_revocations(kube: FakeKube) -> str:
@@ -329,12 +311,7 @@ def test_issued_secrets_carry_the_revoke_finalizer() -> None:
 def test_pod_deletion_releases_the_secret_only_after_the_revocation_is_stored() -> None:
     async def scenario() -> None:
         kube, clock = FakeKube(), FakeClock()
-        engine = make_engine(kube, clock)
-        pod = _per_pod_setup(engine, kube)
-        for key in (("td", "prod"), ("pod", "shop", "w1")):
-            engine.scheduler.schedule(key, clock())
-        await drain(engine, clock)
-        serial = leaf_serial(kube, "shop", "web-svid-w1")
+        engine, pod, serial = await _per_pod_issued(kube, clock)
         released_with: list[str] = []
         remove = kube.remove_finalizer
 
@@ -356,12 +333,7 @@ def test_pod_deletion_releases_the_secret_only_after_the_revocation_is_stored() 
 def test_a_secret_deleted_while_the_operator_was_down_is_revoked_on_resume() -> None:
     async def scenario() -> None:
         kube, clock = FakeKube(), FakeClock()
-        first = make_engine(kube, clock)
-        _per_pod_setup(first, kube)
-        for key in (("td", "prod"), ("pod", "shop", "w1")):
-            first.scheduler.schedule(key, clock())
-        await drain(first, clock)
-        serial = leaf_serial(kube, "shop", "web-svid-w1")
+        first, _, serial = await _per_pod_issued(kube, clock)
         # Down: the ledger write never happened, the pod goes, the garbage collector deletes
         # the Secret, which the finalizer keeps (terminating) until someone revokes it.
         kube.objects = {k: v for k, v in kube.objects.items() if "ledger" not in k[2]}
@@ -387,12 +359,7 @@ def test_a_secret_deleted_while_the_operator_was_down_is_revoked_on_resume() -> 
 def test_a_secret_deleted_by_hand_is_released_unrevoked_and_reissued() -> None:
     async def scenario() -> None:
         kube, clock = FakeKube(), FakeClock()
-        engine = make_engine(kube, clock)
-        _per_pod_setup(engine, kube)
-        for key in (("td", "prod"), ("pod", "shop", "w1")):
-            engine.scheduler.schedule(key, clock())
-        await drain(engine, clock)
-        serial = leaf_serial(kube, "shop", "web-svid-w1")
+        engine, _, serial = await _per_pod_issued(kube, clock)
         await kube.delete("Secret", "shop", "web-svid-w1")  # kubectl delete secret ...
         observe_written(engine, kube)  # the watch: MODIFIED, deletionTimestamp set
         await drain(engine, clock)

@@ -45,6 +45,13 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     settings.watching.label_selectors["v1", "pods"] = "trustwarden.io/identity"
     settings.watching.label_selectors["v1", "secrets"] = f"{MANAGED_BY}={MANAGER}"
     settings.watching.label_selectors["v1", "configmaps"] = f"{MANAGED_BY}={MANAGER}"
+    # kopf lists everything in one response by default: 10,000 Secrets at once on a restart.
+    settings.watching.chunk_size = 500
+    # An idle per-object worker keeps its last event (the full body) until it exits; with the
+    # default 5 s, a restart's listing of 10,000 pods and Secrets was held in full once more.
+    # Our handlers keep no per-object state in kopf, so a new worker per burst of events is
+    # all a short timeout costs.
+    settings.queueing.idle_timeout = 0.5
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10

@@ -14,7 +14,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
@@ -142,23 +142,24 @@ class KubeGateway:
         except NotFoundError:
             return None
 
-    async def list_all(
+    async def list_pages(
         self, kind: str, *, label_selector: str, namespaces: list[str] | None = None
-    ) -> list[Body]:
-        """Every Pod or Secret matching a label selector, paginated (500 per page)."""
+    ) -> AsyncIterator[list[Body]]:
+        """Every Pod or Secret matching a label selector, 500 per page, yielded page by page
+        (the next page is fetched only when the caller has handled this one)."""
         scopes: list[str | None] = list(namespaces) if namespaces else [None]
-        items: list[Body] = []
         for scope in scopes:
             token: str | None = None
             while True:
                 page = await self._call(
                     partial(self._list_page, kind, scope, label_selector, token)
                 )
-                items.extend(page.get("items") or ())
                 token = (page.get("metadata") or {}).get("continue") or None
+                # Popped, not read: this frame keeps no reference to the items while the
+                # caller works through them.
+                yield list(page.pop("items", None) or ())
                 if not token:
                     break
-        return items
 
     def _list_page(
         self, kind: str, namespace: str | None, selector: str, token: str | None

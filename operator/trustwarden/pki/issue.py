@@ -188,7 +188,7 @@ class IssuedLeaf(CertificateValidity):
             else authority_key_id(cert)
         )
         facts = LeafFacts(
-            certificate=cert,
+            der=cert.public_bytes(serialization.Encoding.DER),
             serial=self.serial,
             sha256=self.sha256,
             spiffe_id=self.spiffe_id,
@@ -202,12 +202,16 @@ class IssuedLeaf(CertificateValidity):
             authority_key_id=aki,
             key_matches=True,
             issuer_sha256=self.issuer_sha256,
-            intermediates=tuple(x509.load_pem_x509_certificates(self.chain_pem)[1:])
+            intermediates_der=tuple(
+                c.public_bytes(serialization.Encoding.DER)
+                for c in x509.load_pem_x509_certificates(self.chain_pem)[1:]
+            )
             if self.chain_pem.count(b"-----BEGIN CERTIFICATE-----") > 1
             else (),
         )
         if issuer is not None and known_issuer:
-            facts._issued_by_cache[issuer.certificate] = True
+            issuer_der = issuer.certificate.public_bytes(serialization.Encoding.DER)
+            facts._issued_by_cache[issuer_der] = True
         return facts
 
     def secret_data(self, ca_pem: str | bytes) -> dict[str, bytes]:
@@ -328,9 +332,13 @@ def issue_leaf(
 
 @dataclass(frozen=True)
 class LeafFacts:
-    """What an existing Secret's certificate says, for the renewal decision."""
+    """What an existing Secret's certificate says, for the renewal decision.
 
-    certificate: x509.Certificate = field(repr=False)
+    The certificates are kept as DER and parsed again only when asked for: the operator keeps
+    facts for every managed Secret, and a parsed certificate whose extensions and names have
+    been read costs about 5 KiB, ten times its DER."""
+
+    der: bytes = field(repr=False)
     serial: int
     sha256: str
     spiffe_id: SpiffeID | None
@@ -344,11 +352,20 @@ class LeafFacts:
     authority_key_id: bytes | None
     key_matches: bool
     issuer_sha256: str | None = None
-    intermediates: tuple[x509.Certificate, ...] = field(default=(), repr=False)
-    # Signature checks are the expensive part of a renewal decision; remember the answers.
-    _issued_by_cache: dict[x509.Certificate, bool] = field(
+    intermediates_der: tuple[bytes, ...] = field(default=(), repr=False)
+    # Signature checks are the expensive part of a renewal decision; remember the answers,
+    # by the issuer's DER (a parsed issuer from the Secret's own chain would be kept alive).
+    _issued_by_cache: dict[bytes, bool] = field(
         default_factory=dict, repr=False, compare=False, hash=False
     )
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return x509.load_der_x509_certificate(self.der)
+
+    @property
+    def intermediates(self) -> tuple[x509.Certificate, ...]:
+        return tuple(x509.load_der_x509_certificate(der) for der in self.intermediates_der)
 
     @property
     def serial_hex(self) -> str:
@@ -364,10 +381,11 @@ class LeafFacts:
         checked only when a key identifier is missing. This answers "which authority?" for
         renewal; it is not a trust decision (verifiers do that)."""
         cert = issuer.certificate if isinstance(issuer, Authority) else issuer
-        answer = self._issued_by_cache.get(cert)
+        key = cert.public_bytes(serialization.Encoding.DER)
+        answer = self._issued_by_cache.get(key)
         if answer is None:
             answer = _issued(self.certificate, self.authority_key_id, cert)
-            self._issued_by_cache[cert] = answer
+            self._issued_by_cache[key] = answer
         return answer
 
 
@@ -458,7 +476,7 @@ def inspect_leaf(
             issuer = cert
             break
     facts = LeafFacts(
-        certificate=leaf,
+        der=leaf.public_bytes(serialization.Encoding.DER),
         serial=leaf.serial_number,
         sha256=sha256_hex(leaf),
         spiffe_id=spiffe_id,
@@ -472,8 +490,8 @@ def inspect_leaf(
         authority_key_id=aki,
         key_matches=key_matches,
         issuer_sha256=sha256_hex(issuer) if issuer is not None else None,
-        intermediates=tuple(certs[1:]),
+        intermediates_der=tuple(c.public_bytes(serialization.Encoding.DER) for c in certs[1:]),
     )
     if issuer is not None:
-        facts._issued_by_cache[issuer] = True
+        facts._issued_by_cache[issuer.public_bytes(serialization.Encoding.DER)] = True
     return facts

@@ -5,7 +5,7 @@ Bodies are plain dicts in Kubernetes' JSON shape, so tests fake these with a few
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,9 +32,13 @@ class ObjectRef:
 class KubePort(Protocol):
     async def get(self, kind: str, namespace: str | None, name: str) -> Body | None: ...
 
-    async def list_all(
+    def list_pages(
         self, kind: str, *, label_selector: str, namespaces: list[str] | None = None
-    ) -> list[Body]: ...
+    ) -> AsyncIterator[list[Body]]:
+        """Every Pod or Secret matching a label selector, one page at a time. The caller
+        reduces each page before asking for the next, so the full bodies of a large listing
+        never coexist in memory."""
+        ...
 
     async def create(self, kind: str, namespace: str, body: Body) -> Body: ...
 

@@ -1,0 +1,134 @@
+"""The initial listing is handled page by page, and the caches stay small.
+
+With 10,000 pods and Secrets, holding every body of a listing at once (and a parsed
+certificate per Secret) cost hundreds of MiB; see docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import kopf
+from cryptography import x509
+
+from tests.unit.conftest import NOW, cached_ca, make_cert, request
+from tests.unit.fakes import (
+    FakeClock,
+    FakeKube,
+    add_web_pod,
+    drain,
+    make_engine,
+    per_pod_world,
+)
+from trustwarden.handlers.runner import configure
+from trustwarden.handlers.services import OperatorConfig
+from trustwarden.pki import inspect_leaf, issue_leaf, load_authority_from_pem
+from trustwarden.reconcile.engine import Engine
+from trustwarden.reconcile.ports import Body
+
+
+async def _issued_pods(kube: FakeKube, clock: FakeClock, count: int) -> None:
+    """`count` PerPod SVIDs, for pods shop/w0.., written to the fake API."""
+    engine = make_engine(kube, clock)
+    per_pod_world(engine)
+    for i in range(count):
+        add_web_pod(engine, kube, f"w{i}", f"uid-pod-w{i}")
+        engine.scheduler.schedule(("pod", "shop", f"w{i}"), clock())
+    engine.scheduler.schedule(("td", "prod"), clock())
+    await drain(engine, clock)
+
+
+def test_priming_page_by_page_fills_the_same_caches() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        await _issued_pods(kube, clock, 7)
+        primed: list[Engine] = []
+        for page_size in (500, 2):
+            kube.page_size, kube.pages_listed = page_size, 0
+            engine = make_engine(kube, clock)
+            await engine.prime()
+            primed.append(engine)
+        whole, paged = primed
+        assert kube.pages_listed > 2, "the listing was not split into pages"
+        assert len(paged.pods) == 7
+        assert len([k for k in paged.secrets if k[0] == "shop"]) == 7
+        assert paged.pods == whole.pods
+        assert paged.secrets == whole.secrets
+        assert paged.pods_by_wid == whole.pods_by_wid
+
+    asyncio.run(scenario())
+
+
+def test_every_listed_page_is_released_once_handled() -> None:
+    """Each page is emptied as its bodies are reduced, so no page outlives its handling."""
+
+    class RecordingKube(FakeKube):
+        def __init__(self) -> None:
+            super().__init__()
+            self.handed_out: list[list[Body]] = []
+
+        async def list_pages(
+            self, kind: str, *, label_selector: str, namespaces: list[str] | None = None
+        ) -> AsyncIterator[list[Body]]:
+            async for page in super().list_pages(
+                kind, label_selector=label_selector, namespaces=namespaces
+            ):
+                self.handed_out.append(page)
+                yield page
+                assert not page, "a page still held bodies when the next was asked for"
+
+    async def scenario() -> None:
+        kube, clock = RecordingKube(), FakeClock()
+        await _issued_pods(kube, clock, 5)
+        kube.page_size = 2
+        engine = make_engine(kube, clock)
+        await engine.prime()
+        assert len(kube.handed_out) >= 6
+        assert all(page == [] for page in kube.handed_out)
+        assert len(engine.pods) == 5
+        assert len([k for k in engine.secrets if k[0] == "shop"]) == 5
+
+    asyncio.run(scenario())
+
+
+def test_resync_over_several_pages_drops_only_ghosts() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        await _issued_pods(kube, clock, 5)
+        kube.page_size = 2
+        engine = make_engine(kube, clock)
+        await engine.prime()
+        del kube.objects[("Pod", "shop", "w3")]
+        del kube.objects[("Secret", "shop", "web-svid-w4")]
+        await engine._resync()
+        assert ("shop", "w3") not in engine.pods
+        assert ("shop", "web-svid-w4") not in engine.secrets
+        assert ("shop", "w2") in engine.pods
+        assert ("shop", "web-svid-w3") in engine.secrets
+
+    asyncio.run(scenario())
+
+
+def test_leaf_facts_keep_der_not_parsed_certificates() -> None:
+    root = make_cert("Root")
+    issuing = make_cert("Issuing", issuer=root)
+    authority = load_authority_from_pem(issuing.pem, issuing.key_pem, root.pem, NOW)
+    leaf = issue_leaf(authority, request(), NOW)
+    for facts in (inspect_leaf(leaf.chain_pem, leaf.private_key_pem), leaf.to_facts(authority)):
+        assert isinstance(facts.der, bytes)
+        assert not any(isinstance(v, x509.Certificate) for v in vars(facts).values())
+        assert all(isinstance(k, bytes) for k in facts._issued_by_cache)
+        assert facts.certificate == leaf.certificate
+        assert facts.intermediates == (issuing.cert,)
+        assert facts.issued_by(authority)
+        assert not facts.issued_by(cached_ca())
+
+
+def test_kopf_lists_in_pages_and_drops_idle_workers_soon() -> None:
+    """kopf's own listing comes in pages, and an idle per-object worker (which holds its last
+    event's body) does not outlive its events by seconds."""
+    settings = kopf.OperatorSettings()
+    configure(settings, OperatorConfig())
+    assert settings.watching.chunk_size == 500
+    assert settings.queueing.idle_timeout <= 1.0
