@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from e2e.support import REPO, wait_for
@@ -20,6 +21,40 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def run_command(
+    kubeconfig: Path,
+    *,
+    namespace: str,
+    metrics_port: int,
+    webhook_port: int,
+    identity: str,
+    lease_duration: float,
+    extra_args: Sequence[str] = (),
+    prefix: Sequence[str] = (TRUSTWARDEN,),
+) -> list[str]:
+    """`trustwarden run --local` as the e2e suites start it: their own ports, no health port."""
+    return [
+        *prefix,
+        "run",
+        "--local",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--namespace",
+        namespace,
+        "--metrics-port",
+        str(metrics_port),
+        "--health-port",
+        "0",
+        "--webhook-port",
+        str(webhook_port),
+        "--identity",
+        identity,
+        "--lease-duration",
+        str(lease_duration),
+        *extra_args,
+    ]
 
 
 class OperatorProcess:
@@ -45,26 +80,15 @@ class OperatorProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [
-                TRUSTWARDEN,
-                "run",
-                "--local",
-                "--kubeconfig",
-                str(self.kubeconfig),
-                "--namespace",
-                self.namespace,
-                "--metrics-port",
-                str(self.metrics_port),
-                "--health-port",
-                "0",
-                "--webhook-port",
-                str(self.webhook_port),
-                "--identity",
-                self.identity,
-                "--lease-duration",
-                "6",
-                *self.extra_args,
-            ],
+            run_command(
+                self.kubeconfig,
+                namespace=self.namespace,
+                metrics_port=self.metrics_port,
+                webhook_port=self.webhook_port,
+                identity=self.identity,
+                lease_duration=6,
+                extra_args=self.extra_args,
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

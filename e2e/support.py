@@ -130,7 +130,7 @@ def ensure_cluster(directory: Path) -> tuple[Cluster, bool]:
     Returns the cluster and whether this call started it (so the caller knows to stop it).
     """
     kubeconfig = directory / "kubeconfig"
-    already_up = kubeconfig.exists() and _ready(kubeconfig)
+    already_up = kubeconfig.exists() and api_ready(kubeconfig)
     if not already_up:
         env = {**os.environ, "CLUSTER_DIR": str(directory)}
         subprocess.run([str(REPO / "hack" / "cluster-up.sh")], check=True, env=env)
@@ -143,21 +143,25 @@ def stop_cluster(directory: Path) -> None:
     subprocess.run([str(REPO / "hack" / "cluster-down.sh")], check=True, env=env)
 
 
-def _ready(kubeconfig: Path) -> bool:
-    result = subprocess.run(
-        [
-            kubectl_path(),
-            "--kubeconfig",
-            str(kubeconfig),
-            "--request-timeout=5s",
-            "get",
-            "--raw",
-            "/readyz",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+def api_ready(kubeconfig: Path) -> bool:
+    """The API server answers /readyz with ok (an API server that hangs is not ready)."""
+    try:
+        result = subprocess.run(
+            [
+                kubectl_path(),
+                "--kubeconfig",
+                str(kubeconfig),
+                "--request-timeout=5s",
+                "get",
+                "--raw",
+                "/readyz",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except subprocess.TimeoutExpired:
+        return False
     return result.returncode == 0 and result.stdout.strip() == "ok"
 
 

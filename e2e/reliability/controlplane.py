@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes import client, config
 
-from e2e.support import REPO, Cluster, kubectl_path, wait_for
+from e2e.support import REPO, Cluster, api_ready, wait_for
 
 OPERATOR_USER = "trustwarden-operator"
 
@@ -123,7 +123,7 @@ class ControlPlane:
         directory.parent.mkdir(parents=True, exist_ok=True)
         kubeconfig = directory / "kubeconfig"
         started_here = False
-        if not (kubeconfig.exists() and _ready(kubeconfig)):
+        if not (kubeconfig.exists() and api_ready(kubeconfig)):
             audit_dir = directory.parent
             policy = audit_dir / "audit-policy.yaml"
             policy.write_text(AUDIT_POLICY)
@@ -215,7 +215,7 @@ class ControlPlane:
 
     def wait_ready(self, timeout: float = 120) -> None:
         wait_for(
-            lambda: _ready(self.cluster.kubeconfig),
+            lambda: api_ready(self.cluster.kubeconfig),
             timeout=timeout,
             interval=0.5,
             what="the API server to answer /readyz",
@@ -324,27 +324,6 @@ def _alive(pid: int) -> bool:
 def _sleep_until(deadline: float) -> None:
     while time.monotonic() < deadline:
         time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-
-
-def _ready(kubeconfig: Path) -> bool:
-    try:
-        result = subprocess.run(
-            [
-                kubectl_path(),
-                "--kubeconfig",
-                str(kubeconfig),
-                "--request-timeout=5s",
-                "get",
-                "--raw",
-                "/readyz",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except subprocess.TimeoutExpired:
-        return False
-    return result.returncode == 0 and result.stdout.strip() == "ok"
 
 
 def core(cluster: Cluster) -> client.CoreV1Api:

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from e2e.operator import TRUSTWARDEN, free_port
+from e2e.operator import TRUSTWARDEN, free_port, run_command
 from e2e.support import REPO, Cluster, wait_for
 
 MANAGED = "app.kubernetes.io/managed-by=trustwarden"
@@ -76,26 +76,16 @@ class Operator:
         if self.ca_recovery_grace is not None:
             # Same code, same CLI; only EngineConfig.ca_recovery_grace differs (see launch.py).
             prefix = [sys.executable, "-m", "e2e.reliability.launch"]
-        return [
-            *prefix,
-            "run",
-            "--local",
-            "--kubeconfig",
-            str(self.kubeconfig),
-            "--namespace",
-            self.namespace,
-            "--metrics-port",
-            str(self.metrics_port),
-            "--health-port",
-            "0",
-            "--webhook-port",
-            str(self.webhook_port),
-            "--identity",
-            self.identity,
-            "--lease-duration",
-            str(self.lease_duration),
-            *self.extra_args,
-        ]
+        return run_command(
+            self.kubeconfig,
+            namespace=self.namespace,
+            metrics_port=self.metrics_port,
+            webhook_port=self.webhook_port,
+            identity=self.identity,
+            lease_duration=self.lease_duration,
+            extra_args=self.extra_args,
+            prefix=prefix,
+        )
 
     def start(self) -> Operator:
         with self._lock:
