@@ -143,6 +143,9 @@ spec:
                 log_dir=tmp,
             ).start()
             operator.wait_leading()
+            # Its webhook listens once its caches are loaded; until then its own configuration
+            # would look stale to remove_stale_webhooks (nothing listening on its port).
+            operator.wait_webhook()
             _narrow_webhook(cluster, f"{fullname}-webhook", release)
             remove_stale_webhooks(cluster)
             yield Env(
