@@ -238,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # The operator talks to the API through aiohttp (trustwarden.k8s.http). kopf imports the
+    # `kubernetes` client when it is installed, only to recognise its model classes, which
+    # this process never hands it; refusing that import saves every replica about 25 MiB.
+    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
     from trustwarden.handlers.runner import run
     from trustwarden.handlers.services import OperatorConfig
 

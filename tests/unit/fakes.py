@@ -12,7 +12,7 @@ from typing import Any
 
 from trustwarden.metrics import Metrics
 from trustwarden.reconcile.engine import Engine, EngineConfig
-from trustwarden.reconcile.ports import Body, ConflictError, NotFoundError, ObjectRef
+from trustwarden.reconcile.ports import Body, ConflictError, ListPage, NotFoundError, ObjectRef
 
 START = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -39,13 +39,20 @@ class FakeKube:
         self._rv = itertools.count(1)
         self.page_size = 500
         self.pages_listed = 0
+        self._last_rv = 0
+        self.watch_script: dict[str, list[tuple[str, Body] | Exception]] = {}
+        self.watch_versions: list[tuple[str, str]] = []
 
     def _stamp(self, body: Mapping[str, Any]) -> dict[str, Any]:
         stored = copy.deepcopy(dict(body))
         meta = stored.setdefault("metadata", {})
         meta.setdefault("uid", str(uuid.uuid4()))
-        meta["resourceVersion"] = str(next(self._rv))
+        meta["resourceVersion"] = self._next_rv()
         return stored
+
+    def _next_rv(self) -> str:
+        self._last_rv = next(self._rv)
+        return str(self._last_rv)
 
     async def get(self, kind: str, namespace: str | None, name: str) -> Body | None:
         self.calls["get"] += 1
@@ -53,8 +60,8 @@ class FakeKube:
         return copy.deepcopy(found) if found is not None else None
 
     async def list_pages(
-        self, kind: str, *, label_selector: str, namespaces: list[str] | None = None
-    ) -> AsyncIterator[list[Body]]:
+        self, kind: str, *, label_selector: str, namespace: str | None = None
+    ) -> AsyncIterator[ListPage]:
         """Pages of `page_size`, like the API server's paginated list."""
         self.calls["list"] += 1
         key, _, value = label_selector.partition("=")
@@ -62,13 +69,27 @@ class FakeKube:
             copy.deepcopy(body)
             for (k, ns, _), body in self.objects.items()
             if k == kind
-            and (namespaces is None or ns in namespaces)
+            and (namespace is None or ns == namespace)
             and key in (body["metadata"].get("labels") or {})
             and (not value or body["metadata"]["labels"][key] == value)
         ]
-        for start in range(0, len(matching), self.page_size):
+        version = str(self._last_rv)
+        for start in range(0, max(len(matching), 1), self.page_size):
             self.pages_listed += 1
-            yield matching[start : start + self.page_size]
+            yield ListPage(matching[start : start + self.page_size], version)
+
+    async def watch(
+        self, kind: str, *, label_selector: str, namespace: str | None, resource_version: str
+    ) -> AsyncIterator[tuple[str, Body]]:
+        """The scripted events in `watch_script[kind]`, then the end of the watch."""
+        self.calls["watch"] += 1
+        self.watch_versions.append((kind, resource_version))
+        script = self.watch_script.get(kind) or []
+        while script:
+            event = script.pop(0)
+            if isinstance(event, Exception):
+                raise event
+            yield event
 
     async def create(self, kind: str, namespace: str, body: Body) -> Body:
         self.calls["create"] += 1
@@ -108,7 +129,7 @@ class FakeKube:
         if current["metadata"]["resourceVersion"] != resource_version:
             raise ConflictError("resourceVersion")
         current["data"] = {**(current.get("data") or {}), **data}
-        current["metadata"]["resourceVersion"] = str(next(self._rv))
+        current["metadata"]["resourceVersion"] = self._next_rv()
         return copy.deepcopy(current)
 
     async def delete(self, kind: str, namespace: str, name: str, *, uid: str | None = None) -> bool:
@@ -119,7 +140,7 @@ class FakeKube:
             return False
         if current["metadata"].get("finalizers"):
             current["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-            current["metadata"]["resourceVersion"] = str(next(self._rv))
+            current["metadata"]["resourceVersion"] = self._next_rv()
         else:
             del self.objects[key]
         return True
@@ -134,7 +155,7 @@ class FakeKube:
             raise NotFoundError(name)
         meta = current["metadata"]
         meta["finalizers"] = [f for f in meta.get("finalizers") or () if f != finalizer]
-        meta["resourceVersion"] = str(next(self._rv))
+        meta["resourceVersion"] = self._next_rv()
         if not meta["finalizers"] and meta.get("deletionTimestamp"):
             del self.objects[key]
 
@@ -256,3 +277,15 @@ def add_web_pod(engine: Engine, kube: FakeKube, name: str, uid: str) -> dict[str
     kube.objects[("Pod", "shop", name)] = pod
     engine.observe_pod(pod)
     return pod
+
+
+async def issued_pods(kube: FakeKube, clock: FakeClock, count: int) -> None:
+    """`count` PerPod SVIDs, for pods shop/w0.., written to the fake API by an engine that is
+    then thrown away (tests prime a fresh one from the fake API)."""
+    engine = make_engine(kube, clock)
+    per_pod_world(engine)
+    for i in range(count):
+        add_web_pod(engine, kube, f"w{i}", f"uid-pod-w{i}")
+        engine.scheduler.schedule(("pod", "shop", f"w{i}"), clock())
+    engine.scheduler.schedule(("td", "prod"), clock())
+    await drain(engine, clock)

@@ -7,42 +7,25 @@ certificate per Secret) cost hundreds of MiB; see docs/performance.md.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import kopf
 from cryptography import x509
 
 from tests.unit.conftest import NOW, cached_ca, make_cert, request
-from tests.unit.fakes import (
-    FakeClock,
-    FakeKube,
-    add_web_pod,
-    drain,
-    make_engine,
-    per_pod_world,
-)
+from tests.unit.fakes import FakeClock, FakeKube, issued_pods, make_engine
 from trustwarden.handlers.runner import configure
 from trustwarden.handlers.services import OperatorConfig
 from trustwarden.pki import inspect_leaf, issue_leaf, load_authority_from_pem
 from trustwarden.reconcile.engine import Engine
-from trustwarden.reconcile.ports import Body
-
-
-async def _issued_pods(kube: FakeKube, clock: FakeClock, count: int) -> None:
-    """`count` PerPod SVIDs, for pods shop/w0.., written to the fake API."""
-    engine = make_engine(kube, clock)
-    per_pod_world(engine)
-    for i in range(count):
-        add_web_pod(engine, kube, f"w{i}", f"uid-pod-w{i}")
-        engine.scheduler.schedule(("pod", "shop", f"w{i}"), clock())
-    engine.scheduler.schedule(("td", "prod"), clock())
-    await drain(engine, clock)
+from trustwarden.reconcile.ports import Body, ListPage
 
 
 def test_priming_page_by_page_fills_the_same_caches() -> None:
     async def scenario() -> None:
         kube, clock = FakeKube(), FakeClock()
-        await _issued_pods(kube, clock, 7)
+        await issued_pods(kube, clock, 7)
         primed: list[Engine] = []
         for page_size in (500, 2):
             kube.page_size, kube.pages_listed = page_size, 0
@@ -69,18 +52,18 @@ def test_every_listed_page_is_released_once_handled() -> None:
             self.handed_out: list[list[Body]] = []
 
         async def list_pages(
-            self, kind: str, *, label_selector: str, namespaces: list[str] | None = None
-        ) -> AsyncIterator[list[Body]]:
+            self, kind: str, *, label_selector: str, namespace: str | None = None
+        ) -> AsyncIterator[ListPage]:
             async for page in super().list_pages(
-                kind, label_selector=label_selector, namespaces=namespaces
+                kind, label_selector=label_selector, namespace=namespace
             ):
-                self.handed_out.append(page)
+                self.handed_out.append(page.items)
                 yield page
-                assert not page, "a page still held bodies when the next was asked for"
+                assert not page.items, "a page still held bodies when the next was asked for"
 
     async def scenario() -> None:
         kube, clock = RecordingKube(), FakeClock()
-        await _issued_pods(kube, clock, 5)
+        await issued_pods(kube, clock, 5)
         kube.page_size = 2
         engine = make_engine(kube, clock)
         await engine.prime()
@@ -92,16 +75,17 @@ def test_every_listed_page_is_released_once_handled() -> None:
     asyncio.run(scenario())
 
 
-def test_resync_over_several_pages_drops_only_ghosts() -> None:
+def test_relisting_over_several_pages_drops_only_ghosts() -> None:
     async def scenario() -> None:
         kube, clock = FakeKube(), FakeClock()
-        await _issued_pods(kube, clock, 5)
+        await issued_pods(kube, clock, 5)
         kube.page_size = 2
         engine = make_engine(kube, clock)
         await engine.prime()
         del kube.objects[("Pod", "shop", "w3")]
         del kube.objects[("Secret", "shop", "web-svid-w4")]
-        await engine._resync()
+        for reflector in engine.reflectors:  # as after a watch's 410 Gone
+            await reflector.list()
         assert ("shop", "w3") not in engine.pods
         assert ("shop", "web-svid-w4") not in engine.secrets
         assert ("shop", "w2") in engine.pods
@@ -117,7 +101,9 @@ def test_leaf_facts_keep_der_not_parsed_certificates() -> None:
     leaf = issue_leaf(authority, request(), NOW)
     for facts in (inspect_leaf(leaf.chain_pem, leaf.private_key_pem), leaf.to_facts(authority)):
         assert isinstance(facts.der, bytes)
-        assert not any(isinstance(v, x509.Certificate) for v in vars(facts).values())
+        assert not any(
+            isinstance(getattr(facts, f.name), x509.Certificate) for f in dataclasses.fields(facts)
+        )
         assert all(isinstance(k, bytes) for k in facts._issued_by_cache)
         assert facts.certificate == leaf.certificate
         assert facts.intermediates == (issuing.cert,)

@@ -227,9 +227,9 @@ def test_revoke_annotation_revokes_and_reissues() -> None:
     asyncio.run(scenario())
 
 
-def test_prime_fills_caches_and_resync_drops_ghosts() -> None:
-    """Pods and Secrets are listed by the engine before watching; anything deleted between
-    that listing and the watch's own is forgotten by the resync, never served."""
+def test_prime_fills_caches_and_a_relisting_drops_ghosts() -> None:
+    """Pods and Secrets are listed by the engine before watching; anything deleted while no
+    watch was looking is forgotten by the next listing (after a 410 Gone), never served."""
 
     async def scenario() -> None:
         kube, clock = FakeKube(), FakeClock()
@@ -237,8 +237,9 @@ def test_prime_fills_caches_and_resync_drops_ghosts() -> None:
         second = make_engine(kube, clock)
         await second.prime()
         assert ("payments", "api-svid") in second.secrets
-        del kube.objects[("Secret", "payments", "api-svid")]  # gone before the watch started
-        await second._resync()
+        del kube.objects[("Secret", "payments", "api-svid")]  # gone while nobody watched
+        for reflector in second.reflectors:
+            await reflector.list()
         assert ("payments", "api-svid") not in second.secrets
 
     asyncio.run(scenario())

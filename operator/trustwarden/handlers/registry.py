@@ -2,11 +2,11 @@
 
 Index handlers run for every event, including the initial listing, and kopf holds every other
 handler back until all indexes have their first full listing. The small sets (TrustDomains,
-WorkloadIdentities, namespaces, our ConfigMaps) are cached that way; the large ones (labelled
-pods, managed Secrets) are listed by the engine itself before kopf starts (Engine.prime) and
-then kept current by `on.event`. So the caches are complete before reconciliation starts, and a
-restart re-issues nothing that is still valid. Deletions come through `on.event`. The
-injection webhook is not a kopf handler (handlers/webhook.py). No handler here uses kopf's
+WorkloadIdentities, namespaces, our ConfigMaps) are cached that way, and their deletions come
+through `on.event`. The large ones (labelled pods, managed Secrets) never pass through kopf:
+the engine lists them before kopf starts and watches them itself (reconcile/reflector.py). So
+the caches are complete before reconciliation starts, and a restart re-issues nothing that is
+still valid. The injection webhook is not a kopf handler (handlers/webhook.py). No handler here uses kopf's
 per-object state: nothing is written to pods, Secrets or custom resources by kopf itself (no
 finalizers, no annotations).
 """
@@ -85,24 +85,6 @@ def build_registry() -> kopf.OperatorRegistry:
         services = _started(memo)
         if type == "DELETED":
             services.engine.forget_namespace(name)
-
-    @kopf.on.event("v1", "pods", registry=registry)
-    async def pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        services = _started(memo)
-        if type == "DELETED":
-            services.engine.forget_pod(body)
-        else:
-            services.engine.observe_pod(body)
-
-    @kopf.on.event("v1", "secrets", registry=registry)
-    async def secret_event(
-        type: str, body: kopf.Body, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
-    ) -> None:
-        services = _started(memo)
-        if type == "DELETED":
-            services.engine.forget_secret(str(namespace), name)
-        else:
-            services.engine.observe_secret(body)
 
     @kopf.on.event("v1", "configmaps", registry=registry)
     async def configmap_event(

@@ -14,7 +14,6 @@ from typing import Any
 
 import kopf
 from cryptography.hazmat.primitives import serialization
-from kubernetes import client
 from prometheus_client import start_http_server
 
 from trustwarden.handlers.registry import build_registry
@@ -29,7 +28,9 @@ from trustwarden.handlers.webhook_tls import (
     make_serving_certificate,
     service_hosts,
 )
-from trustwarden.k8s.gateway import KubeGateway, load_api_client
+from trustwarden.k8s import config as cluster_config
+from trustwarden.k8s.gateway import KubeGateway
+from trustwarden.k8s.http import ApiClient
 from trustwarden.k8s.leader import LeaderElector
 from trustwarden.metrics import Metrics
 from trustwarden.reconcile.engine import Engine, EngineConfig
@@ -41,9 +42,8 @@ log = logging.getLogger("trustwarden")
 def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     # Our own aggregated Events only: kopf would post one per handler run per pod.
     settings.posting.enabled = False
-    # Watch only what we need, filtered by the API server, never every pod in the cluster.
-    settings.watching.label_selectors["v1", "pods"] = "trustwarden.io/identity"
-    settings.watching.label_selectors["v1", "secrets"] = f"{MANAGED_BY}={MANAGER}"
+    # Watch only what we need, filtered by the API server. Pods and Secrets are not watched
+    # through kopf at all (the engine's reflectors do it).
     settings.watching.label_selectors["v1", "configmaps"] = f"{MANAGED_BY}={MANAGER}"
     # kopf lists everything in one response by default: 10,000 Secrets at once on a restart.
     settings.watching.chunk_size = 500
@@ -111,35 +111,24 @@ def webhook_configuration(config: OperatorConfig, ca_pem: bytes, url: str | None
     }
 
 
-def connection_info(configuration: Any) -> kopf.ConnectionInfo:
-    """kopf's credentials from the same client configuration the gateway uses, so
-    `--kubeconfig`, `--context` and in-cluster service-account tokens behave alike."""
-    token = None
-    authorization = (configuration.api_key or {}).get("authorization") or (
-        configuration.api_key or {}
-    ).get("BearerToken")
-    if authorization:
-        token = str(authorization).removeprefix("Bearer ").strip()
+def connection_info(cluster: cluster_config.ClusterConfig) -> kopf.ConnectionInfo:
+    """kopf's credentials from the same configuration the gateway uses, so `--kubeconfig`,
+    `--context`, exec plugins and rotating service-account tokens behave alike (kopf asks
+    again on a 401 or when `expiration` passes)."""
+    credentials = cluster.credentials(refresh=True)
+    cert = cluster.client_cert_pem or credentials.client_cert_pem
+    key = cluster.client_key_pem or credentials.client_key_pem
     return kopf.ConnectionInfo(
-        server=configuration.host,
-        ca_path=configuration.ssl_ca_cert,
-        insecure=not configuration.verify_ssl,
-        certificate_path=configuration.cert_file,
-        private_key_path=configuration.key_file,
-        token=token,
+        server=cluster.server,
+        ca_data=cluster.ca_pem,
+        insecure=cluster.insecure,
+        certificate_data=cert,
+        private_key_data=key,
+        token=credentials.token,
+        username=credentials.basic[0] if credentials.basic else None,
+        password=credentials.basic[1] if credentials.basic else None,
+        expiration=credentials.expires,
     )
-
-
-async def _ensure_namespace(api: client.ApiClient, name: str) -> None:
-    core = client.CoreV1Api(api)
-    try:
-        await asyncio.to_thread(core.read_namespace, name)
-    except client.ApiException as exc:
-        if exc.status != 404:
-            raise
-        await asyncio.to_thread(
-            core.create_namespace, {"metadata": {"name": name, "labels": {MANAGED_BY: MANAGER}}}
-        )
 
 
 CA_BUNDLE_SYNC_SECONDS = 15.0
@@ -158,7 +147,7 @@ async def _keep_ca_bundle(
     own_ca = issuing_ca(serving)
     while not stop.is_set():
         try:
-            stored = await asyncio.to_thread(shared.read)
+            stored = await shared.read()
             current = stored[0] if stored is not None else None
             if (
                 current is None
@@ -173,9 +162,7 @@ async def _keep_ca_bundle(
                 )
                 stop.set()
                 return
-            await asyncio.to_thread(
-                shared.sync_ca_bundle, config.webhook_configuration, ca_bundle_b64(current)
-            )
+            await shared.sync_ca_bundle(config.webhook_configuration, ca_bundle_b64(current))
             if expires_soon(serving, datetime.now(UTC)):
                 log.warning("webhook serving certificate expires soon; restarting to rotate it")
                 stop.set()
@@ -187,7 +174,11 @@ async def _keep_ca_bundle(
 
 
 async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None) -> None:
-    api = load_api_client(config.kubeconfig, config.context)
+    try:
+        cluster = cluster_config.load(config.kubeconfig, config.context)
+    except cluster_config.ConfigError as exc:
+        raise SystemExit(f"trustwarden: {exc}") from None
+    api = ApiClient(cluster)
     gateway = KubeGateway(api, instance=config.identity)
     metrics = Metrics()
     engine = Engine(
@@ -201,7 +192,7 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
     )
     services = Services(config=config, engine=engine, gateway=gateway, metrics=metrics)
     if config.local:
-        await _ensure_namespace(api, config.operator_namespace)
+        await gateway.ensure_namespace(config.operator_namespace, {MANAGED_BY: MANAGER})
     if config.metrics_port:
         start_http_server(
             config.metrics_port, addr=config.metrics_address, registry=metrics.registry
@@ -217,7 +208,7 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
         shared = SharedServingCertificate(
             api, namespace=config.operator_namespace, service=config.webhook_service
         )
-        serving = await asyncio.to_thread(shared.ensure)
+        serving = await shared.ensure()
     else:
         # No Service in front: the webhook is served but registered nowhere.
         hosts = ["localhost"]
@@ -228,17 +219,19 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
     key_path.touch(mode=0o600)
     key_path.write_bytes(serving.key_pem)
 
-    # The large caches (labelled pods, managed Secrets) are listed before kopf starts.
+    # The large caches (labelled pods, managed Secrets) are listed before kopf starts, and
+    # watched by the engine itself from there on (reconcile/reflector.py).
     await engine.prime(
         sorted({*config.watch_namespaces, config.operator_namespace})
         if config.watch_namespaces
         else None
     )
+    engine.follow()
     registry = build_registry()
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
-        return connection_info(api.configuration)
+        return connection_info(cluster)
 
     settings = kopf.OperatorSettings()
     configure(settings, config)
@@ -253,8 +246,7 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
             webhook_configuration(config, serving.ca_pem, url)
         )
     elif shared is not None:
-        await asyncio.to_thread(
-            shared.sync_ca_bundle,
+        await shared.sync_ca_bundle(
             config.webhook_configuration,
             ca_bundle_b64(serving),
             create=webhook_configuration(config, serving.ca_pem, None),
@@ -331,8 +323,8 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
         await webhook.close()
         await engine.stop()
         if elector is not None:
-            await asyncio.to_thread(elector.release)
-        gateway.close()
+            await elector.release()
+        await gateway.close()
         for path in tls_dir.iterdir():
             path.unlink()
         os.rmdir(tls_dir)

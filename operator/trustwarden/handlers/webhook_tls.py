@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,8 +29,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from kubernetes import client
-from kubernetes.client.rest import ApiException
+
+from trustwarden.k8s.http import JSON_PATCH, ApiClient, ApiError
 
 log = logging.getLogger("trustwarden.webhook")
 
@@ -197,7 +196,7 @@ def expires_soon(serving: ServingCertificate, now: datetime) -> bool:
     return not certs or certs[0].not_valid_after_utc - now < RESTART_BEFORE_EXPIRY
 
 
-# --- the shared Secret and the webhook configuration's caBundle (blocking calls) ---------
+# --- the shared Secret and the webhook configuration's caBundle ---------------------------
 
 
 def _from_secret(body: Mapping[str, Any]) -> ServingCertificate:
@@ -216,14 +215,13 @@ class SharedServingCertificate:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        api: ApiClient,
         *,
         namespace: str,
         service: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.core = client.CoreV1Api(api)
-        self.admission = client.AdmissionregistrationV1Api(api)
+        self.api = api
         self.namespace = namespace
         self.service = service
         self.secret_name = serving_secret_name(service)
@@ -254,28 +252,29 @@ class SharedServingCertificate:
             },
         }
 
-    def read(self) -> tuple[ServingCertificate, str] | None:
+    @property
+    def _secrets(self) -> str:
+        return f"/api/v1/namespaces/{self.namespace}/secrets"
+
+    async def read(self) -> tuple[ServingCertificate, str] | None:
         try:
-            secret = self.core.read_namespaced_secret(
-                self.secret_name, self.namespace, _preload_content=False
-            )
-        except ApiException as exc:
+            body = await self.api.request("GET", f"{self._secrets}/{self.secret_name}")
+        except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
-        body = json.loads(secret.data)
         return _from_secret(body), str(body["metadata"]["resourceVersion"])
 
-    def ensure(self, attempts: int = 5) -> ServingCertificate:
+    async def ensure(self, attempts: int = 5) -> ServingCertificate:
         """The certificate every replica serves: read, created if missing, rotated if unfit."""
         for _ in range(attempts):
-            stored = self.read()
+            stored = await self.read()
             now = self.clock()
             if stored is None:
                 fresh = rotated(None, self.hosts, now)
                 try:
-                    self.core.create_namespaced_secret(self.namespace, self._body(fresh, None))
-                except ApiException as exc:
+                    await self.api.request("POST", self._secrets, body=self._body(fresh, None))
+                except ApiError as exc:
                     if exc.status == 409:
                         continue  # another replica won the race: use its certificate
                     raise
@@ -291,10 +290,12 @@ class SharedServingCertificate:
                 return serving
             fresh = rotated(serving, self.hosts, now)
             try:
-                self.core.replace_namespaced_secret(
-                    self.secret_name, self.namespace, self._body(fresh, resource_version)
+                await self.api.request(
+                    "PUT",
+                    f"{self._secrets}/{self.secret_name}",
+                    body=self._body(fresh, resource_version),
                 )
-            except ApiException as exc:
+            except ApiError as exc:
                 if exc.status == 409:
                     continue  # changed under us: judge the new content
                 raise
@@ -310,16 +311,19 @@ class SharedServingCertificate:
             f"{self.namespace}/{self.secret_name} after {attempts} attempts (it keeps changing)"
         )
 
-    def sync_ca_bundle(
+    async def sync_ca_bundle(
         self, configuration: str, ca_bundle: str, *, create: Mapping[str, Any] | None = None
     ) -> bool:
         """Make every webhook of `configuration` trust `ca_bundle` (base64). Patches only the
         caBundle fields, so `get` and `patch` on that one object are all it takes. Creates the
         configuration from `create` when it is missing (needs `create`, which the Helm chart
         does not grant: the chart installs the configuration itself). True when it wrote."""
+        path = (
+            f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{configuration}"
+        )
         try:
-            current = self.admission.read_mutating_webhook_configuration(configuration)
-        except ApiException as exc:
+            current = await self.api.request("GET", path)
+        except ApiError as exc:
             if exc.status != 404:
                 raise
             if create is None:
@@ -330,8 +334,8 @@ class SharedServingCertificate:
                 )
                 return False
             try:
-                self.admission.create_mutating_webhook_configuration(dict(create))
-            except ApiException as create_exc:
+                await self.api.request("POST", path.rsplit("/", 1)[0], body=dict(create))
+            except ApiError as create_exc:
                 if create_exc.status != 403:
                     raise
                 log.error(
@@ -342,11 +346,11 @@ class SharedServingCertificate:
                 return False
             return True
         operations: list[dict[str, Any]] = []
-        for index, webhook in enumerate(current.webhooks or ()):
-            if (webhook.client_config.ca_bundle or "") == ca_bundle:
+        for index, webhook in enumerate(current.get("webhooks") or ()):
+            if ((webhook.get("clientConfig") or {}).get("caBundle") or "") == ca_bundle:
                 continue
             operations.append(
-                {"op": "test", "path": f"/webhooks/{index}/name", "value": webhook.name}
+                {"op": "test", "path": f"/webhooks/{index}/name", "value": webhook.get("name")}
             )
             operations.append(
                 {
@@ -357,6 +361,6 @@ class SharedServingCertificate:
             )
         if not operations:
             return False
-        self.admission.patch_mutating_webhook_configuration(configuration, operations)
+        await self.api.request("PATCH", path, body=operations, content_type=JSON_PATCH)
         log.info("caBundle of MutatingWebhookConfiguration %s updated", configuration)
         return True

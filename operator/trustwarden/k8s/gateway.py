@@ -1,29 +1,30 @@
-"""KubePort over the official `kubernetes` client.
+"""KubePort over trustwarden.k8s.http (aiohttp on the event loop).
 
-Calls are blocking, so they run on a bounded thread pool and never on the event loop. Bodies go
-in and come out as plain JSON dicts (no model objects: cheaper, and what the engine expects).
-429 and 5xx answers are retried with backoff, honouring Retry-After; 404 and 409 become the
-port's NotFoundError and ConflictError.
+Bodies go in and come out as plain JSON dicts. 429 and 5xx answers (and an unreachable API
+server) are retried with backoff, honouring Retry-After; 404, 409 and 410 become the port's
+NotFoundError, ConflictError and GoneError.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
 import random
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any, TypeVar
 
-from kubernetes import client, config
-from kubernetes.client.rest import ApiException
-
-from trustwarden.reconcile.ports import Body, ConflictError, NotFoundError, ObjectRef
+from trustwarden.k8s.http import JSON_PATCH, MERGE_PATCH, ApiClient, ApiError
+from trustwarden.reconcile.ports import (
+    Body,
+    ConflictError,
+    GoneError,
+    ListPage,
+    NotFoundError,
+    ObjectRef,
+)
 
 log = logging.getLogger("trustwarden.k8s")
 T = TypeVar("T")
@@ -31,199 +32,152 @@ T = TypeVar("T")
 GROUP = "trustwarden.io"
 VERSION = "v1alpha1"
 PLURALS = {"TrustDomain": "trustdomains", "WorkloadIdentity": "workloadidentities"}
+CORE_PLURALS = {"Secret": "secrets", "ConfigMap": "configmaps", "Pod": "pods"}
 MAX_ATTEMPTS = 8
-COMPONENT = "trustwarden"
+LIST_PAGE = 500
+WATCH_SECONDS = 300
+RETRYABLE = frozenset({0, 429, 500, 502, 503, 504})
 
 
-def load_api_client(
-    kubeconfig: str | None = None, context: str | None = None, pool: int = 32
-) -> client.ApiClient:
-    """In-cluster config when running in a pod, the kubeconfig otherwise."""
-    configuration = client.Configuration()
-    try:
-        if kubeconfig is None and context is None:
-            config.load_incluster_config(client_configuration=configuration)
-        else:
-            raise config.ConfigException("explicit kubeconfig")
-    except config.ConfigException:
-        config.load_kube_config(
-            config_file=kubeconfig, context=context, client_configuration=configuration
-        )
-    configuration.connection_pool_maxsize = pool
-    return client.ApiClient(configuration)
+def object_path(kind: str, namespace: str | None, name: str | None = None) -> str:
+    """The REST path of a kind we use: a collection, or one object when `name` is given."""
+    if kind in CORE_PLURALS:
+        scope = f"/namespaces/{namespace}" if namespace else ""
+        base = f"/api/v1{scope}/{CORE_PLURALS[kind]}"
+    elif kind in PLURALS:
+        scope = f"/namespaces/{namespace}" if namespace else ""
+        base = f"/apis/{GROUP}/{VERSION}{scope}/{PLURALS[kind]}"
+    else:
+        raise ValueError(f"no path for {kind}")
+    return f"{base}/{name}" if name else base
+
+
+async def call_with_retries(call: Callable[[], Awaitable[T]], what: str = "") -> T:
+    """`call`, retried on 429, 5xx and unreachable with capped exponential backoff (or the
+    server's Retry-After); 404 and 409 become NotFoundError and ConflictError."""
+    delay = 0.2
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            return await call()
+        except ApiError as exc:
+            if exc.status == 404:
+                raise NotFoundError(exc.message) from exc
+            if exc.status == 409:
+                raise ConflictError(exc.message) from exc
+            if exc.status not in RETRYABLE or attempt == MAX_ATTEMPTS:
+                raise
+            if exc.retry_after is not None:
+                wait = min(exc.retry_after, 30.0) + random.random()  # noqa: S311
+            else:
+                wait = delay * (0.5 + random.random())  # noqa: S311
+            log.info(
+                "API answered %s; retrying in %.1fs (attempt %d: %s)",
+                exc.status or exc.reason,
+                wait,
+                attempt,
+                what,
+            )
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, 10.0)
+    raise AssertionError("unreachable")
 
 
 class KubeGateway:
     def __init__(
         self,
-        api: client.ApiClient,
+        api: ApiClient,
         *,
-        workers: int = 16,
         instance: str = "trustwarden",
         event_namespace: str = "default",
     ) -> None:
         self.api = api
-        self.core = client.CoreV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
-        self.events = client.EventsV1Api(api)
         self.instance = instance
         # The API server accepts Events about cluster-scoped objects (TrustDomains) only in
         # `default`; the parameter stays for clusters that relax that.
         self.event_namespace = event_namespace
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="k8s")
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    async def close(self) -> None:
+        await self.api.close()
 
-    async def _call(self, fn: Callable[[], T]) -> T:
-        loop = asyncio.get_running_loop()
-        delay = 0.2
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                return await loop.run_in_executor(self._pool, fn)
-            except ApiException as exc:
-                if exc.status == 404:
-                    raise NotFoundError(_reason(exc)) from exc
-                if exc.status == 409:
-                    raise ConflictError(_reason(exc)) from exc
-                retryable = exc.status in (429, 500, 502, 503, 504) or exc.status == 0
-                if not retryable or attempt == MAX_ATTEMPTS:
-                    raise
-                wait = _retry_after(exc) or delay * (0.5 + random.random())  # noqa: S311
-                log.info(
-                    "API answered %s; retrying in %.1fs (attempt %d)", exc.status, wait, attempt
-                )
-                await asyncio.sleep(wait)
-                delay = min(delay * 2, 10.0)
-        raise AssertionError("unreachable")
-
-    @staticmethod
-    def _json(response: Any) -> dict[str, Any]:
-        data = response.data
-        return dict(json.loads(data)) if data else {}
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        return await call_with_retries(
+            lambda: self.api.request(
+                method, path, params=params, body=body, content_type=content_type
+            ),
+            f"{method} {path}",
+        )
 
     async def get(self, kind: str, namespace: str | None, name: str) -> Body | None:
         try:
-            if kind == "Secret":
-                assert namespace is not None
-                return await self._call(
-                    lambda: self._json(
-                        self.core.read_namespaced_secret(name, namespace, _preload_content=False)
-                    )
-                )
-            if kind == "ConfigMap":
-                assert namespace is not None
-                return await self._call(
-                    lambda: self._json(
-                        self.core.read_namespaced_config_map(
-                            name, namespace, _preload_content=False
-                        )
-                    )
-                )
-            if kind == "Pod":
-                assert namespace is not None
-                return await self._call(
-                    lambda: self._json(
-                        self.core.read_namespaced_pod(name, namespace, _preload_content=False)
-                    )
-                )
-            plural = PLURALS[kind]
-            if namespace:
-                return await self._call(
-                    lambda: dict(
-                        self.custom.get_namespaced_custom_object(
-                            GROUP, VERSION, namespace, plural, name
-                        )
-                    )
-                )
-            return await self._call(
-                lambda: dict(self.custom.get_cluster_custom_object(GROUP, VERSION, plural, name))
-            )
+            return await self._send("GET", object_path(kind, namespace, name))
         except NotFoundError:
             return None
 
     async def list_pages(
-        self, kind: str, *, label_selector: str, namespaces: list[str] | None = None
-    ) -> AsyncIterator[list[Body]]:
+        self, kind: str, *, label_selector: str, namespace: str | None = None
+    ) -> AsyncIterator[ListPage]:
         """Every Pod or Secret matching a label selector, 500 per page, yielded page by page
         (the next page is fetched only when the caller has handled this one)."""
-        scopes: list[str | None] = list(namespaces) if namespaces else [None]
-        for scope in scopes:
-            token: str | None = None
-            while True:
-                page = await self._call(
-                    partial(self._list_page, kind, scope, label_selector, token)
-                )
-                token = (page.get("metadata") or {}).get("continue") or None
-                # Popped, not read: this frame keeps no reference to the items while the
-                # caller works through them.
-                yield list(page.pop("items", None) or ())
-                if not token:
-                    break
-
-    def _list_page(
-        self, kind: str, namespace: str | None, selector: str, token: str | None
-    ) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "label_selector": selector,
-            "limit": 500,
-            "_preload_content": False,
-        }
-        if token:
-            kwargs["_continue"] = token
-        if kind == "Pod":
-            call = (
-                self.core.list_namespaced_pod(namespace, **kwargs)
-                if namespace
-                else self.core.list_pod_for_all_namespaces(**kwargs)
-            )
-        elif kind == "Secret":
-            call = (
-                self.core.list_namespaced_secret(namespace, **kwargs)
-                if namespace
-                else self.core.list_secret_for_all_namespaces(**kwargs)
-            )
-        else:
+        if kind not in ("Pod", "Secret"):
             raise ValueError(f"cannot list {kind}")
-        return self._json(call)
+        token: str | None = None
+        while True:
+            params = {"labelSelector": label_selector, "limit": str(LIST_PAGE)}
+            if token:
+                params["continue"] = token
+            page = await self._send("GET", object_path(kind, namespace), params=params)
+            meta = page.get("metadata") or {}
+            token = meta.get("continue") or None
+            # Popped, not read: this frame keeps no reference to the items while the caller
+            # works through them.
+            yield ListPage(list(page.pop("items", None) or ()), str(meta.get("resourceVersion")))
+            if not token:
+                break
+
+    async def watch(
+        self, kind: str, *, label_selector: str, namespace: str | None, resource_version: str
+    ) -> AsyncIterator[tuple[str, Body]]:
+        params = {
+            "labelSelector": label_selector,
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(WATCH_SECONDS),
+        }
+        try:
+            async for event in self.api.watch(
+                object_path(kind, namespace), params, timeout=WATCH_SECONDS + 30
+            ):
+                type_, body = str(event.get("type")), event.get("object") or {}
+                if type_ == "ERROR":
+                    code = body.get("code")
+                    if code == 410:
+                        raise GoneError(str(body.get("message") or "resourceVersion too old"))
+                    raise ApiError(
+                        int(code or 0), str(body.get("reason")), str(body.get("message"))
+                    )
+                yield type_, body
+        except ApiError as exc:
+            if exc.status == 410:
+                raise GoneError(exc.message) from exc
+            raise
 
     async def create(self, kind: str, namespace: str, body: Body) -> Body:
-        if kind == "Secret":
-            return await self._call(
-                lambda: self._json(
-                    self.core.create_namespaced_secret(
-                        namespace, dict(body), _preload_content=False
-                    )
-                )
-            )
-        if kind == "ConfigMap":
-            return await self._call(
-                lambda: self._json(
-                    self.core.create_namespaced_config_map(
-                        namespace, dict(body), _preload_content=False
-                    )
-                )
-            )
-        raise ValueError(f"cannot create {kind}")
+        if kind not in ("Secret", "ConfigMap"):
+            raise ValueError(f"cannot create {kind}")
+        return await self._send("POST", object_path(kind, namespace), body=dict(body))
 
     async def replace(self, kind: str, namespace: str, name: str, body: Body) -> Body:
-        if kind == "Secret":
-            return await self._call(
-                lambda: self._json(
-                    self.core.replace_namespaced_secret(
-                        name, namespace, dict(body), _preload_content=False
-                    )
-                )
-            )
-        if kind == "ConfigMap":
-            return await self._call(
-                lambda: self._json(
-                    self.core.replace_namespaced_config_map(
-                        name, namespace, dict(body), _preload_content=False
-                    )
-                )
-            )
-        raise ValueError(f"cannot replace {kind}")
+        if kind not in ("Secret", "ConfigMap"):
+            raise ValueError(f"cannot replace {kind}")
+        return await self._send("PUT", object_path(kind, namespace, name), body=dict(body))
 
     async def patch_data(
         self,
@@ -239,33 +193,18 @@ class KubeGateway:
         if kind != "Secret":
             raise ValueError(f"cannot patch the data of {kind}")
         patch = {"metadata": {"resourceVersion": resource_version}, "data": dict(data)}
-        return await self._call(
-            lambda: self._json(
-                self.core.patch_namespaced_secret(
-                    name,
-                    namespace,
-                    patch,
-                    _content_type="application/merge-patch+json",
-                    _preload_content=False,
-                )
-            )
+        return await self._send(
+            "PATCH", object_path(kind, namespace, name), body=patch, content_type=MERGE_PATCH
         )
 
     async def delete(self, kind: str, namespace: str, name: str, *, uid: str | None = None) -> bool:
-        options = client.V1DeleteOptions(
-            preconditions=client.V1Preconditions(uid=uid) if uid else None
-        )
+        if kind not in ("Secret", "ConfigMap"):
+            raise ValueError(f"cannot delete {kind}")
+        options: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        if uid:
+            options["preconditions"] = {"uid": uid}
         try:
-            if kind == "Secret":
-                await self._call(
-                    lambda: self.core.delete_namespaced_secret(name, namespace, body=options)
-                )
-            elif kind == "ConfigMap":
-                await self._call(
-                    lambda: self.core.delete_namespaced_config_map(name, namespace, body=options)
-                )
-            else:
-                raise ValueError(f"cannot delete {kind}")
+            await self._send("DELETE", object_path(kind, namespace, name), body=options)
         except NotFoundError:
             return False
         except ConflictError:
@@ -294,39 +233,24 @@ class KubeGateway:
                 {"op": "remove", "path": f"/metadata/finalizers/{index}"},
             ]
             try:
-                await self._call(
-                    partial(
-                        self.core.patch_namespaced_secret,
-                        name,
-                        namespace,
-                        ops,
-                        _content_type="application/json-patch+json",
-                        _preload_content=False,
-                    )
+                await self._send(
+                    "PATCH", object_path(kind, namespace, name), body=ops, content_type=JSON_PATCH
                 )
                 return
             except ConflictError:
                 continue
-            except ApiException as exc:
+            except ApiError as exc:
                 if exc.status != 422:  # a failed "test": the list changed meanwhile
                     raise
         raise ConflictError(f"{kind} {namespace}/{name} kept changing; finalizer not removed")
 
     async def patch_status(self, kind: str, namespace: str | None, name: str, status: Body) -> None:
-        plural = PLURALS[kind]
-        body = {"status": dict(status)}
-        if namespace:
-            await self._call(
-                lambda: self.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, namespace, plural, name, body
-                )
-            )
-        else:
-            await self._call(
-                lambda: self.custom.patch_cluster_custom_object_status(
-                    GROUP, VERSION, plural, name, body
-                )
-            )
+        await self._send(
+            "PATCH",
+            object_path(kind, namespace, name) + "/status",
+            body={"status": dict(status)},
+            content_type=MERGE_PATCH,
+        )
 
     async def emit_event(self, ref: ObjectRef, type_: str, reason: str, message: str) -> None:
         now = datetime.now(UTC)
@@ -354,39 +278,30 @@ class KubeGateway:
                 "uid": ref.uid,
             },
         }
-        await self._call(lambda: self.events.create_namespaced_event(namespace, body))
+        await self._send("POST", f"/apis/events.k8s.io/v1/namespaces/{namespace}/events", body=body)
+
+    async def ensure_namespace(self, name: str, labels: Mapping[str, str]) -> None:
+        try:
+            await self._send("GET", f"/api/v1/namespaces/{name}")
+        except NotFoundError:
+            with contextlib.suppress(ConflictError):  # created meanwhile
+                await self._send(
+                    "POST",
+                    "/api/v1/namespaces",
+                    body={"metadata": {"name": name, "labels": dict(labels)}},
+                )
 
     async def upsert_webhook_configuration(self, body: Mapping[str, Any]) -> None:
-        api = client.AdmissionregistrationV1Api(self.api)
+        base = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
         name = str(body["metadata"]["name"])
         try:
-            current = await self._call(lambda: api.read_mutating_webhook_configuration(name))
+            current = await self._send("GET", f"{base}/{name}")
         except NotFoundError:
-            await self._call(lambda: api.create_mutating_webhook_configuration(dict(body)))
+            await self._send("POST", base, body=dict(body))
             return
         patched = dict(body)
         patched["metadata"] = {
             **dict(body["metadata"]),
-            "resourceVersion": current.metadata.resource_version,
+            "resourceVersion": (current.get("metadata") or {}).get("resourceVersion"),
         }
-        await self._call(lambda: api.replace_mutating_webhook_configuration(name, patched))
-
-
-def _reason(exc: ApiException) -> str:
-    try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
-    except ValueError:
-        return str(exc.reason)
-
-
-def _retry_after(exc: ApiException) -> float | None:
-    headers = exc.headers or {}
-    value = headers.get("Retry-After") if hasattr(headers, "get") else None
-    try:
-        return min(float(value), 30.0) + random.random() if value else None  # noqa: S311
-    except ValueError:
-        return None
-
-
-def monotonic() -> float:
-    return time.monotonic()
+        await self._send("PUT", f"{base}/{name}", body=patched)

@@ -13,8 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.rest import ApiException
+from trustwarden.k8s.http import ApiClient, ApiError
 
 log = logging.getLogger("trustwarden.leader")
 
@@ -28,15 +27,19 @@ def _micro(value: datetime) -> str:
 
 
 def _parse(value: object) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    return None
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class LeaderElector:
     def __init__(
         self,
-        api: client.ApiClient,
+        api: ApiClient,
         *,
         namespace: str,
         name: str,
@@ -44,7 +47,7 @@ class LeaderElector:
         lease_duration: float = 15.0,
         on_change: Callable[[bool], None],
     ) -> None:
-        self.coordination = client.CoordinationV1Api(api)
+        self.api = api
         self.namespace = namespace
         self.name = name
         self.identity = identity
@@ -54,7 +57,17 @@ class LeaderElector:
         self.leading = False
         self.last_renew: datetime | None = None
 
-    def _try_acquire(self) -> bool:
+    async def _request(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        # A renewal that takes longer than a third of the lease is as good as lost.
+        return await self.api.request(
+            method, path, body=body, timeout=max(1.0, self.lease_duration / 3)
+        )
+
+    @property
+    def _path(self) -> str:
+        return f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases"
+
+    async def _try_acquire(self) -> bool:
         now = _now()
         body: dict[str, Any] = {
             "apiVersion": "coordination.k8s.io/v1",
@@ -69,33 +82,33 @@ class LeaderElector:
             },
         }
         try:
-            lease = self.coordination.read_namespaced_lease(self.name, self.namespace)
-        except ApiException as exc:
+            lease = await self._request("GET", f"{self._path}/{self.name}")
+        except ApiError as exc:
             if exc.status != 404:
                 raise
             try:
-                self.coordination.create_namespaced_lease(self.namespace, body)
+                await self._request("POST", self._path, body)
                 return True
-            except ApiException as create_exc:
+            except ApiError as create_exc:
                 if create_exc.status == 409:
                     return False
                 raise
-        spec = lease.spec
-        holder = spec.holder_identity
-        renew = _parse(spec.renew_time)
-        duration = timedelta(seconds=spec.lease_duration_seconds or self.lease_duration)
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity")
+        renew = _parse(spec.get("renewTime"))
+        duration = timedelta(seconds=spec.get("leaseDurationSeconds") or self.lease_duration)
         if holder != self.identity and holder and renew is not None and renew + duration > now:
             return False
-        transitions = (spec.lease_transitions or 0) + (0 if holder == self.identity else 1)
-        body["metadata"]["resourceVersion"] = lease.metadata.resource_version
+        transitions = (spec.get("leaseTransitions") or 0) + (0 if holder == self.identity else 1)
+        body["metadata"]["resourceVersion"] = (lease.get("metadata") or {}).get("resourceVersion")
         body["spec"]["leaseTransitions"] = transitions
-        if holder == self.identity and spec.acquire_time is not None:
-            acquired = _parse(spec.acquire_time)
+        if holder == self.identity:
+            acquired = _parse(spec.get("acquireTime"))
             if acquired is not None:
                 body["spec"]["acquireTime"] = _micro(acquired)
         try:
-            self.coordination.replace_namespaced_lease(self.name, self.namespace, body)
-        except ApiException as exc:
+            await self._request("PUT", f"{self._path}/{self.name}", body)
+        except ApiError as exc:
             if exc.status == 409:
                 return False
             raise
@@ -104,7 +117,7 @@ class LeaderElector:
     async def run(self) -> None:
         while True:
             try:
-                acquired = await asyncio.to_thread(self._try_acquire)
+                acquired = await self._try_acquire()
             except Exception as exc:
                 log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
                 acquired = False
@@ -129,15 +142,16 @@ class LeaderElector:
                     return
             await asyncio.sleep(self.retry_period)
 
-    def release(self) -> None:
+    async def release(self) -> None:
         """Give the lease up on a clean shutdown so a standby takes over at once."""
         if not self.leading:
             return
         try:
-            lease = self.coordination.read_namespaced_lease(self.name, self.namespace)
-            if lease.spec.holder_identity == self.identity:
-                lease.spec.holder_identity = None
-                lease.spec.lease_duration_seconds = 1
-                self.coordination.replace_namespaced_lease(self.name, self.namespace, lease)
-        except ApiException as exc:
+            lease = await self._request("GET", f"{self._path}/{self.name}")
+            spec = lease.get("spec") or {}
+            if spec.get("holderIdentity") == self.identity:
+                spec["holderIdentity"] = None
+                spec["leaseDurationSeconds"] = 1
+                await self._request("PUT", f"{self._path}/{self.name}", lease)
+        except ApiError as exc:
             log.warning("could not release lease: %s", exc)

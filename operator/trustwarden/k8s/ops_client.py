@@ -17,7 +17,6 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from trustwarden.k8s.gateway import load_api_client
 from trustwarden.ops.errors import (
     CRD_HINT,
     ConflictError,
@@ -54,6 +53,24 @@ def _names_an_object(exc: ApiException) -> bool:
     except (TypeError, ValueError, AttributeError):
         return False
     return bool(details.get("name"))
+
+
+def load_api_client(
+    kubeconfig: str | None = None, context: str | None = None, pool: int = 4
+) -> client.ApiClient:
+    """In-cluster config when running in a pod, the kubeconfig otherwise."""
+    configuration = client.Configuration()
+    try:
+        if kubeconfig is None and context is None:
+            config.load_incluster_config(client_configuration=configuration)
+        else:
+            raise config.ConfigException("explicit kubeconfig")
+    except config.ConfigException:
+        config.load_kube_config(
+            config_file=kubeconfig, context=context, client_configuration=configuration
+        )
+    configuration.connection_pool_maxsize = pool
+    return client.ApiClient(configuration)
 
 
 class OpsClient:

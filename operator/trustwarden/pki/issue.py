@@ -330,7 +330,7 @@ def issue_leaf(
 # --------------------------------------------------------------------------- inspection
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeafFacts:
     """What an existing Secret's certificate says, for the renewal decision.
 

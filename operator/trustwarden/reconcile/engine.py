@@ -26,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from cryptography import x509
@@ -82,6 +83,7 @@ from trustwarden.reconcile.observed import (
     SecretInfo,
 )
 from trustwarden.reconcile.ports import ConflictError, KubePort, NotFoundError, ObjectRef
+from trustwarden.reconcile.reflector import Reflector
 from trustwarden.reconcile.scheduler import DeadlineScheduler, utcnow
 
 log = logging.getLogger("trustwarden.engine")
@@ -212,7 +214,8 @@ class Engine:
         self._persisted: set[tuple[str, str]] = set()  # held ones whose revocation is stored
         self._observed_seq = 0
         self._seen: dict[tuple[str, str, str], int] = {}
-        self._prime_scope: list[str] | None = None
+        self.reflectors: list[Reflector] = []
+        self._watch_tasks: list[asyncio.Task[None]] = []
         self._ca_series: dict[str, set[tuple[str, str, str]]] = {}
         self._ca_pem_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], bytes] = {}
         self._ledger_flushed_at: datetime | None = None
@@ -233,7 +236,6 @@ class Engine:
         for ns, name in self.pods:
             self.scheduler.schedule(("pod", ns, name))
         self.scheduler.schedule(("catchup",))
-        self.scheduler.schedule(("resync",), self.clock() + timedelta(seconds=20))
         self.dirty_bundles.update(self.namespaces)
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -243,6 +245,8 @@ class Engine:
         ]
 
     async def stop(self) -> None:
+        for task in self._watch_tasks:
+            task.cancel()
         for task in self._tasks:
             task.cancel()
         if self.started:
@@ -251,10 +255,10 @@ class Engine:
             with contextlib.suppress(Exception):
                 await self.flush()
                 await self.flush_status()
-        for task in self._tasks:
+        for task in [*self._watch_tasks, *self._tasks]:
             with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
                 await task
-        self._tasks = []
+        self._tasks, self._watch_tasks = [], []
         self.started = False
 
     def _schedule(self, key: Hashable, at: datetime | None = None) -> None:
@@ -264,48 +268,66 @@ class Engine:
     # ------------------------------------------------------------------ observation
 
     async def prime(self, namespaces: list[str] | None = None) -> None:
-        """Load every labelled pod and managed Secret before watching starts.
+        """List every labelled pod and managed Secret (in `namespaces`, or everywhere) into
+        the caches; `follow` then keeps them current from the listings' resourceVersions.
 
-        The large sets are listed here rather than through kopf indexes: kopf holds every
-        handler until all indexes are complete and wakes all waiting workers per indexed
-        object, which grows with the square of the object count at start-up."""
-        self._prime_scope = namespaces
-        await self._each_listed("Pod", IDENTITY_LABEL, self.observe_pod)
-        await self._each_listed("Secret", f"{MANAGED_BY}={MANAGER}", self.observe_secret)
+        The large sets are listed and watched here rather than through kopf: kopf keeps a
+        record and a worker per object, copies every body and, for indexes, wakes all waiting
+        workers per indexed object (quadratic in the object count at start-up)."""
+        scopes: list[str | None] = [*namespaces] if namespaces else [None]
+        self.reflectors = [
+            Reflector(
+                self.kube,
+                kind,
+                selector,
+                scope,
+                upsert=upsert,
+                delete=delete,
+                prune=partial(self._prune, kind, scope),
+                mark=lambda: self._observed_seq,
+            )
+            for kind, selector, upsert, delete in (
+                ("Pod", IDENTITY_LABEL, self.observe_pod, self.forget_pod),
+                (
+                    "Secret",
+                    f"{MANAGED_BY}={MANAGER}",
+                    self.observe_secret,
+                    self._forget_secret_body,
+                ),
+            )
+            for scope in scopes
+        ]
+        for reflector in self.reflectors:
+            await reflector.list()
 
-    async def _each_listed(
-        self, kind: str, selector: str, each: Callable[[Mapping[str, Any]], object]
-    ) -> None:
-        """Hand every listed object to `each`, a page at a time, and drop each full body as
-        soon as it is handled: with 10,000 pods and Secrets, holding every body of a listing
-        at once cost hundreds of MiB, and the allocator rarely gives such a peak back."""
-        async for page in self.kube.list_pages(
-            kind, label_selector=selector, namespaces=self._prime_scope
-        ):
-            page.reverse()
-            while page:
-                each(page.pop())
+    def follow(self) -> None:
+        """Watch pods and Secrets from where `prime` listed them, until `stop`."""
+        loop = asyncio.get_running_loop()
+        self._watch_tasks = [
+            loop.create_task(reflector.watch(), name=f"trustwarden-watch-{reflector.kind}")
+            for reflector in self.reflectors
+        ]
 
-    async def _resync(self) -> None:
-        """Once after start: forget pods and Secrets deleted between our listing and the
-        watch's own (the watch never reports those), so no ghost is served."""
-        mark = self._observed_seq
-        live_pods: set[tuple[str, str]] = set()
-        live_secrets: set[tuple[str, str]] = set()
-        await self._each_listed("Pod", IDENTITY_LABEL, lambda b: live_pods.add(_ns_name(b)))
-        await self._each_listed(
-            "Secret", f"{MANAGED_BY}={MANAGER}", lambda b: live_secrets.add(_ns_name(b))
-        )
-        for key in [
-            k for k in self.pods if k not in live_pods and self._seen.get(("pod", *k), 0) <= mark
-        ]:
-            self.forget_pod({"metadata": {"namespace": key[0], "name": key[1]}})
-        for key in [
-            k
-            for k in self.secrets
-            if k not in live_secrets and self._seen.get(("secret", *k), 0) <= mark
-        ]:
-            self.forget_secret(*key)
+    def _prune(self, kind: str, scope: str | None, live: set[tuple[str, str]], mark: int) -> None:
+        """After a listing: forget what it lacks (deleted while no watch was looking), except
+        what was observed after the listing began."""
+        tag = "pod" if kind == "Pod" else "secret"
+        cache: Mapping[tuple[str, str], object] = self.pods if kind == "Pod" else self.secrets
+        gone = [
+            key
+            for key in cache
+            if (scope is None or key[0] == scope)
+            and key not in live
+            and self._seen.get((tag, *key), 0) <= mark
+        ]
+        for namespace, name in gone:
+            if kind == "Pod":
+                self.forget_pod({"metadata": {"namespace": namespace, "name": name}})
+            else:
+                self.forget_secret(namespace, name)
+
+    def _forget_secret_body(self, body: Mapping[str, Any]) -> None:
+        self.forget_secret(*_ns_name(body))
 
     def _note_seen(self, kind: str, namespace: str, name: str) -> None:
         self._observed_seq += 1
@@ -481,8 +503,6 @@ class Engine:
                 await self._release(key[1], key[2])
             elif kind == "catchup":
                 await self._catch_up()
-            elif kind == "resync":
-                await self._resync()
             if self.failures.get(key) is before:
                 self.failures.pop(key, None)
         except ConflictError:

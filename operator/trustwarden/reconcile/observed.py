@@ -43,7 +43,7 @@ def resource_version(body: Mapping[str, Any]) -> int:
         return 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NamespaceInfo:
     name: str
     labels: Mapping[str, str]
@@ -63,7 +63,7 @@ class NamespaceInfo:
         return self.labels.get(INJECT_LABEL) == "enabled"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodInfo:
     namespace: str
     name: str
@@ -97,7 +97,7 @@ class PodInfo:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SecretInfo:
     namespace: str
     name: str
@@ -179,7 +179,7 @@ class SecretInfo:
         return self.deleting and REVOKE_FINALIZER in self.finalizers
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BundleInfo:
     namespace: str
     uid: str

@@ -20,6 +20,19 @@ class NotFoundError(Exception):
     """The object does not exist (HTTP 404)."""
 
 
+class GoneError(Exception):
+    """A watch's resourceVersion is too old (HTTP 410 Gone): list again, then watch."""
+
+
+@dataclass
+class ListPage:
+    """One page of a paginated list; `resource_version` is the whole listing's (every page of
+    one list is the same snapshot), the point a watch continues from."""
+
+    items: list[Body]
+    resource_version: str
+
+
 @dataclass(frozen=True)
 class ObjectRef:
     api_version: str
@@ -33,11 +46,19 @@ class KubePort(Protocol):
     async def get(self, kind: str, namespace: str | None, name: str) -> Body | None: ...
 
     def list_pages(
-        self, kind: str, *, label_selector: str, namespaces: list[str] | None = None
-    ) -> AsyncIterator[list[Body]]:
-        """Every Pod or Secret matching a label selector, one page at a time. The caller
-        reduces each page before asking for the next, so the full bodies of a large listing
-        never coexist in memory."""
+        self, kind: str, *, label_selector: str, namespace: str | None = None
+    ) -> AsyncIterator[ListPage]:
+        """Every Pod or Secret matching a label selector (in one namespace, or in all), one
+        page at a time. The caller reduces each page before asking for the next, so the full
+        bodies of a large listing never coexist in memory."""
+        ...
+
+    def watch(
+        self, kind: str, *, label_selector: str, namespace: str | None, resource_version: str
+    ) -> AsyncIterator[tuple[str, Body]]:
+        """(type, object) events after `resource_version`: ADDED, MODIFIED, DELETED and
+        BOOKMARK (only its resourceVersion is meaningful). Ends when the server ends the
+        watch; GoneError when the version is too old."""
         ...
 
     async def create(self, kind: str, namespace: str, body: Body) -> Body: ...

@@ -1,0 +1,151 @@
+"""The engine's own list-then-watch of pods and Secrets (reconcile/reflector.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Callable
+
+from tests.unit.fakes import FakeClock, FakeKube, issued_pods, make_engine
+from trustwarden.reconcile.engine import Engine
+from trustwarden.reconcile.ports import GoneError
+from trustwarden.reconcile.reflector import Reflector
+
+
+async def _until(condition: Callable[[], bool], what: str, deadline: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while not condition():
+        assert loop.time() < end, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def _reflector(engine: Engine, kind: str) -> Reflector:
+    return next(r for r in engine.reflectors if r.kind == kind)
+
+
+def _pod(kube: FakeKube, name: str, *, version: str) -> dict:
+    body = copy.deepcopy(kube.objects[("Pod", "shop", "w0")])
+    body["metadata"].update(name=name, uid=f"uid-pod-{name}", resourceVersion=version)
+    for volume in body["spec"]["volumes"]:
+        volume["secret"]["secretName"] = f"web-svid-{name}"
+    return body
+
+
+def test_watch_continues_from_the_listing_and_applies_every_event_type() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        await issued_pods(kube, clock, 2)
+        engine = make_engine(kube, clock)
+        await engine.prime()
+        pods = _reflector(engine, "Pod")
+        listed_at = pods.resource_version
+        assert listed_at and listed_at != "0"
+        gone = copy.deepcopy(kube.objects[("Pod", "shop", "w1")])
+        gone["metadata"]["resourceVersion"] = "9001"
+        kube.watch_script["Pod"] = [
+            ("ADDED", _pod(kube, "w7", version="9000")),
+            ("DELETED", gone),
+            ("BOOKMARK", {"metadata": {"resourceVersion": "9050"}}),
+        ]
+        engine.follow()
+        await _until(lambda: pods.events == 3, "three pod events")
+        assert ("shop", "w7") in engine.pods
+        assert ("shop", "w1") not in engine.pods
+        assert ("shop", "w0") in engine.pods
+        assert pods.resource_version == "9050", "a bookmark moves the resume point"
+        # The first watch started at the listing's version; the next resumes after the bookmark.
+        await _until(lambda: ("Pod", "9050") in kube.watch_versions, "a resumed watch")
+        pod_watches = [v for k, v in kube.watch_versions if k == "Pod"]
+        assert pod_watches[:2] == [listed_at, "9050"]
+        await engine.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_watch_is_resumed_from_the_last_version_seen() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        await issued_pods(kube, clock, 1)
+        engine = make_engine(kube, clock)
+        await engine.prime()
+        secrets = _reflector(engine, "Secret")
+        kube.watch_script["Secret"] = [ConnectionResetError("API server restarted")]
+        kube.watch_script["Pod"] = [("ADDED", _pod(kube, "w5", version="777"))]
+        engine.follow()
+        pods = _reflector(engine, "Pod")
+        await _until(lambda: ("shop", "w5") in engine.pods, "the pod after the first watch")
+        await _until(lambda: ("Pod", "777") in kube.watch_versions, "a watch resumed at 777")
+        # The Secret watch failed, backed off and was opened again at the same version.
+        await _until(
+            lambda: kube.watch_versions.count(("Secret", secrets.resource_version)) >= 2,
+            "a second watch",
+        )
+        assert pods.listings == 1 and secrets.listings == 1, "a plain failure never relists"
+        await engine.stop()
+
+    asyncio.run(scenario())
+
+
+def test_gone_relists_and_forgets_only_what_vanished_unseen() -> None:
+    """After 410 Gone events were lost: the scope is listed again; a pod deleted meanwhile
+    is forgotten (its Secret revoked later), a pod seen after the listing began is kept."""
+
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        await issued_pods(kube, clock, 3)
+        engine = make_engine(kube, clock)
+        await engine.prime()
+        pods = _reflector(engine, "Pod")
+        del kube.objects[("Pod", "shop", "w2")]  # deleted while the watch was behind
+        kube.watch_script["Pod"] = [GoneError("too old resource version")]
+        engine.follow()
+        await _until(lambda: pods.listings == 2, "a second listing")
+        assert ("shop", "w2") not in engine.pods
+        assert {("shop", "w0"), ("shop", "w1")} <= set(engine.pods)
+        await engine.stop()
+
+    asyncio.run(scenario())
+
+
+def test_prune_spares_objects_observed_after_the_listing_began() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        await issued_pods(kube, clock, 1)
+        engine = make_engine(kube, clock)
+        await engine.prime()
+        mark = engine._observed_seq
+        engine.observe_pod(_pod(kube, "late", version="50"))  # seen after the mark
+        engine._prune("Pod", None, {("shop", "w0")}, mark)
+        assert ("shop", "late") in engine.pods
+        engine._prune("Pod", None, {("shop", "w0")}, engine._observed_seq)
+        assert ("shop", "late") not in engine.pods
+
+    asyncio.run(scenario())
+
+
+def test_scoped_reflectors_prune_only_their_namespace() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        await issued_pods(kube, clock, 2)
+        engine = make_engine(kube, clock)
+        await engine.prime(["shop", "trustwarden-system"])
+        assert {(r.kind, r.namespace) for r in engine.reflectors} == {
+            ("Pod", "shop"),
+            ("Pod", "trustwarden-system"),
+            ("Secret", "shop"),
+            ("Secret", "trustwarden-system"),
+        }
+        # The operator namespace's Secret reflector lists no workload Secret: relisting it
+        # must not forget the ones in `shop`.
+        workload = {k for k in engine.secrets if k[0] == "shop"}
+        assert workload
+        system = next(
+            r
+            for r in engine.reflectors
+            if r.kind == "Secret" and r.namespace == "trustwarden-system"
+        )
+        await system.list()
+        assert workload <= set(engine.secrets)
+
+    asyncio.run(scenario())
