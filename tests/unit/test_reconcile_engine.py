@@ -116,6 +116,56 @@ def test_restart_with_valid_certificates_writes_nothing() -> None:
     asyncio.run(scenario())
 
 
+def test_restart_rewrites_no_status_that_is_unchanged() -> None:
+    """The statuses an earlier process wrote are taken as written: a restart with nothing to
+    change patches none of them (it used to rewrite every one), and one that has something
+    to change still does."""
+
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        first = await issued(kube, clock)
+        await first.flush_status()
+        written = dict(kube.statuses)
+        assert ("WorkloadIdentity", "payments", "api") in written
+        # The domain's status.issued is what the CRD says: the SVIDs valid now (one), which a
+        # restart must neither reset to 0 nor let renewals inflate.
+        assert written[("TrustDomain", None, "prod")]["issued"] == 1
+        clock.advance(timedelta(seconds=30))
+
+        def restarted(wid_status: dict[str, Any]) -> Engine:
+            engine = make_engine(kube, clock)
+            engine.observe_namespace(namespace("payments"))
+            engine.observe_namespace(namespace("trustwarden-system"))
+            engine.observe_trust_domain(
+                {**trust_domain(), "status": written[("TrustDomain", None, "prod")]}
+            )
+            engine.observe_workload_identity(
+                {**workload_identity("payments", "api"), "status": wid_status}
+            )
+            observe_written(engine, kube)
+            engine.scheduler.schedule(("td", "prod"), clock())
+            engine.scheduler.schedule(("wid", "payments", "api"), clock())
+            return engine
+
+        patches = kube.calls["patch_status"]
+        second = restarted(written[("WorkloadIdentity", "payments", "api")])
+        await drain(second, clock)
+        await second.flush_status()
+        assert kube.calls["patch_status"] == patches
+
+        stale = {**written[("WorkloadIdentity", "payments", "api")], "certificates": 7}
+        third = restarted(stale)
+        await drain(third, clock)
+        await third.flush_status()
+        assert kube.calls["patch_status"] == patches + 1
+        assert (
+            kube.statuses[("WorkloadIdentity", "payments", "api")]
+            == written[("WorkloadIdentity", "payments", "api")]
+        )
+
+    asyncio.run(scenario())
+
+
 def test_renewal_happens_at_the_renew_point_not_before() -> None:
     async def scenario() -> None:
         kube, clock = FakeKube(), FakeClock()

@@ -84,7 +84,6 @@ class DomainRuntime:
     ca_ready: bool = False
     ca_reason: str = "Pending"
     ca_message: str = "the CA has not been loaded yet"
-    issued: int = 0
     # Public anchors of authorities whose keys were lost: trusted until they expire.
     orphan_anchors: tuple[x509.Certificate, ...] = ()
     revocations_exist: bool = False

@@ -348,8 +348,28 @@ class Engine:
         self.bundle_conflicts.discard(name)
         self._bundle_retry.pop(name, None)
 
+    def _seed_status(self, status_key: tuple[str, str, str], body: Mapping[str, Any]) -> None:
+        """Before start, take the status an earlier process wrote as what was last written,
+        with its conditions' transition times: a restart then rewrites only the statuses
+        whose content changes (10,000 pods over 100 identities rewrote every status)."""
+        if self.started or status_key in self.last_status:
+            return
+        status = body.get("status")
+        if not isinstance(status, Mapping) or not status:
+            return
+        self.last_status[status_key] = json.loads(json.dumps(status))
+        conditions = {
+            str(c["type"]): {
+                k: c.get(k) for k in ("type", "status", "reason", "message", "lastTransitionTime")
+            }
+            for c in status.get("conditions") or ()
+            if isinstance(c, Mapping) and c.get("type")
+        }
+        self.conditions.setdefault(status_key, conditions)
+
     def observe_trust_domain(self, body: Mapping[str, Any]) -> None:
         name = str((body.get("metadata") or {}).get("name"))
+        self._seed_status(("td", "", name), body)
         self.td_bodies[name] = body
         self._schedule(("td", name))
 
@@ -360,6 +380,7 @@ class Engine:
     def observe_workload_identity(self, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace")), str(meta.get("name")))
+        self._seed_status(("wid", *key), body)
         self.wid_bodies[key] = body
         try:
             self.wids[key] = WorkloadIdentitySpec.from_body(body)
@@ -1607,7 +1628,6 @@ class Engine:
         self._written.add(target.key)
         self.metrics.issue_latency.observe(time.perf_counter() - started)
         domain = target.domain.trust_domain
-        target.domain.issued += 1
         mode = "PerPod" if per_pod else "Shared"
         if decision.reason is RenewalReason.NotIssued:
             self.metrics.issued.labels(trust_domain=domain, mode=mode).inc()
@@ -2037,6 +2057,22 @@ class Engine:
             for _, c in sorted(self.conditions.get(status_key, {}).items())
         ]
 
+    def _valid_svids(self, runtime: DomainRuntime) -> int:
+        """What the CRD promises in status.issued: the SVIDs of this domain that are valid
+        now, counted from the managed Secrets we see (not a per-process issuance counter,
+        which restarted at 0 and counted renewals too)."""
+        now = self.clock()
+        return sum(
+            1
+            for info in self.secrets.values()
+            if info.managed
+            and not info.deleting
+            and info.facts is not None
+            and info.facts.spiffe_id is not None
+            and info.facts.spiffe_id.trust_domain == runtime.trust_domain
+            and info.facts.not_before <= now < info.facts.not_after
+        )
+
     def _domain_status(self, name: str) -> dict[str, Any] | None:
         body = self.td_bodies.get(name)
         runtime = self.domains.get(name)
@@ -2089,7 +2125,7 @@ class Engine:
                     runtime.ca_message,
                 )
             status["namespaces"] = len(namespaces)
-            status["issued"] = runtime.issued
+            status["issued"] = self._valid_svids(runtime)
             status["revoked"] = len(runtime.revocations)
             if runtime.authorities is not None:
                 status["authorities"] = [
