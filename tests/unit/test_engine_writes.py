@@ -58,6 +58,30 @@ def test_timing_only_status_changes_wait_for_the_interval() -> None:
     asyncio.run(scenario())
 
 
+def test_a_clean_stop_writes_deferred_timing_changes() -> None:
+    """A deferred nextRenewal is written by the shutdown flush, so the next process finds the
+    status current and has nothing to rewrite."""
+
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        engine = await issued(kube, clock)
+        await engine.flush_status()
+        written = kube.calls["patch_status"]
+        first = kube.statuses[WID]
+        deadline = engine.scheduler.deadline_of(STATUS_KEY)
+        assert deadline is not None
+        engine.scheduler.schedule(STATUS_KEY, deadline - timedelta(minutes=1))
+        engine.dirty_status.add(STATUS_KEY)
+        await engine.flush_status()
+        assert kube.calls["patch_status"] == written, "deferred while running"
+        engine.started = True  # as after start(): stop() flushes only a started engine
+        await engine.stop()
+        assert kube.calls["patch_status"] == written + 1
+        assert kube.statuses[WID]["nextRenewal"] != first["nextRenewal"]
+
+    asyncio.run(scenario())
+
+
 def test_shared_first_issue_posts_no_event_but_a_renewal_does() -> None:
     async def scenario() -> None:
         kube, clock = FakeKube(), FakeClock()

@@ -254,7 +254,7 @@ class Engine:
             self._ledger_flushed_at = None
             with contextlib.suppress(Exception):
                 await self.flush()
-                await self.flush_status()
+                await self.flush_status(final=True)
         for task in [*self._watch_tasks, *self._tasks]:
             with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
                 await task
@@ -358,6 +358,9 @@ class Engine:
         if not isinstance(status, Mapping) or not status:
             return
         self.last_status[status_key] = json.loads(json.dumps(status))
+        # As if just written: while the first reconciliations catch up, nextRenewal can move
+        # before it settles back; such timing-only differences wait like any other.
+        self._status_written_at[status_key] = self.clock()
         conditions = {
             str(c["type"]): {
                 k: c.get(k) for k in ("type", "status", "reason", "message", "lastTransitionTime")
@@ -1990,9 +1993,12 @@ class Engine:
             except Exception:
                 log.exception("status flush failed; retrying")
 
-    async def flush_status(self) -> None:
+    async def flush_status(self, *, final: bool = False) -> None:
+        """Write the statuses whose content changed. Changes of timing fields alone are
+        deferred (STATUS_TIMING_FIELDS, at most one write per status_timing_interval), except
+        in the `final` flush of a clean shutdown, which leaves nothing stale behind."""
         now = self.clock()
-        due = [k for k, at in self._status_deferred.items() if at <= now]
+        due = [k for k, at in self._status_deferred.items() if final or at <= now]
         for status_key in due:
             del self._status_deferred[status_key]
         pending = self.dirty_status | set(due)
@@ -2010,7 +2016,12 @@ class Engine:
                     if status is None:
                         self._status_written_at.pop(status_key, None)
                     continue
-                if kind == "wid" and previous is not None and _timing_only(previous, status):
+                if (
+                    not final
+                    and kind == "wid"
+                    and previous is not None
+                    and _timing_only(previous, status)
+                ):
                     written_at = self._status_written_at.get(status_key)
                     later = (written_at or now) + self.config.status_timing_interval
                     if written_at is not None and later > now:
