@@ -149,3 +149,31 @@ def test_scoped_reflectors_prune_only_their_namespace() -> None:
         assert workload <= set(engine.secrets)
 
     asyncio.run(scenario())
+
+
+def test_an_object_the_engine_cannot_take_is_skipped_not_retried_for_ever() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        await issued_pods(kube, clock, 1)
+        engine = make_engine(kube, clock)
+        await engine.prime()
+        pods = _reflector(engine, "Pod")
+        poison = _pod(kube, "bad", version="600")
+        poison["metadata"]["labels"] = "not a mapping"
+        kube.watch_script["Pod"] = [
+            ("ADDED", poison),
+            ("ADDED", _pod(kube, "good", version="601")),
+        ]
+        engine.follow()
+        await _until(lambda: ("shop", "good") in engine.pods, "the event after the bad one")
+        assert ("shop", "bad") not in engine.pods
+        assert pods.listings == 1
+        # The same watch went on past the bad event: the next one resumes after both, it does
+        # not reopen at the old version (where a real server would send the bad one again).
+        await _until(
+            lambda: len([v for k, v in kube.watch_versions if k == "Pod"]) >= 2, "a resumed watch"
+        )
+        assert [v for k, v in kube.watch_versions if k == "Pod"][1] == "601"
+        await engine.stop()
+
+    asyncio.run(scenario())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -85,10 +86,33 @@ class Reflector:
             while items:
                 body = items.pop()
                 live.add(key_of(body))
-                self.upsert(body)
+                self._apply(self.upsert, "listed", body)
         self.prune(live, mark)
         self.resource_version = version
         self.listings += 1
+
+    def _apply(
+        self, handler: Callable[[Mapping[str, Any]], object], what: str, body: Mapping[str, Any]
+    ) -> None:
+        """One object into the caches. An object the engine cannot take is logged and
+        skipped (the cache keeps what it had): re-watching from the same version would only
+        meet it again, and a listing must not fail for one bad object."""
+        try:
+            handler(body)
+        except Exception as exc:
+            # Type and place only: a message could quote the object, and Secrets hold keys.
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            namespace, name = key_of(body)
+            log.error(
+                "%s %s %s/%s could not be cached (%s at %s:%s); skipped",
+                what,
+                self.kind,
+                namespace,
+                name,
+                type(exc).__name__,
+                frame.filename.rsplit("/", 1)[-1],
+                frame.lineno,
+            )
 
     async def watch(self) -> None:
         """Follow changes for ever (until cancelled); call after `list`."""
@@ -105,9 +129,9 @@ class Reflector:
                 ):
                     version = str((body.get("metadata") or {}).get("resourceVersion") or "")
                     if type_ == "DELETED":
-                        self.delete(body)
+                        self._apply(self.delete, type_, body)
                     elif type_ in ("ADDED", "MODIFIED"):
-                        self.upsert(body)
+                        self._apply(self.upsert, type_, body)
                     if version:
                         self.resource_version = version
                     self.events += 1
