@@ -59,8 +59,7 @@ class ApiClient:
     def _session_now(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._pool, ssl=self._ssl),
-                json_serialize=json.dumps,
+                connector=aiohttp.TCPConnector(limit=self._pool, ssl=self._ssl)
             )
         return self._session
 

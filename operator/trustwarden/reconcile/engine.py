@@ -83,7 +83,7 @@ from trustwarden.reconcile.observed import (
     SecretInfo,
 )
 from trustwarden.reconcile.ports import ConflictError, KubePort, NotFoundError, ObjectRef
-from trustwarden.reconcile.reflector import Reflector
+from trustwarden.reconcile.reflector import Reflector, key_of
 from trustwarden.reconcile.scheduler import DeadlineScheduler, utcnow
 
 log = logging.getLogger("trustwarden.engine")
@@ -327,7 +327,7 @@ class Engine:
                 self.forget_secret(namespace, name)
 
     def _forget_secret_body(self, body: Mapping[str, Any]) -> None:
-        self.forget_secret(*_ns_name(body))
+        self.forget_secret(*key_of(body))
 
     def _note_seen(self, kind: str, namespace: str, name: str) -> None:
         self._observed_seq += 1
@@ -2286,8 +2286,3 @@ def _timing_only(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
-
-
-def _ns_name(body: Mapping[str, Any]) -> tuple[str, str]:
-    meta = body.get("metadata") or {}
-    return str(meta.get("namespace")), str(meta.get("name"))
