@@ -1075,9 +1075,12 @@ def test_9_backdating_and_renewal_after_downtime(
         assert timedelta(minutes=4, seconds=50) <= skew <= timedelta(minutes=6), skew
     # Back-dating works for a verifier whose clock is 4 minutes behind.
     data = secret_data(cluster, injected_ns, refs[0].secret_name)
-    bundle = bundle_data(cluster, injected_ns)
     assert data is not None, "the pod's Secret is gone"
-    assert bundle is not None, "the namespace bundle is gone"
+    # The bundle ConfigMap is published by the flush loop, so it may trail the first Secrets
+    # of a new namespace by a flush or two: wait for it, but not forever.
+    bundle = wait_for(
+        lambda: bundle_data(cluster, injected_ns), timeout=30, what="the namespace bundle"
+    )
     behind = int((datetime.now(UTC) - timedelta(minutes=4)).timestamp())
     verify = subprocess.run(
         [
