@@ -21,8 +21,17 @@ from bench.harness.events import Events, Watcher
 from bench.harness.processes import CertManager, Operator, Profiler
 from bench.harness.procmon import CpuWindow, Monitor, cpu_seconds, hwm_mib
 from bench.harness.profile import analyse
+from trustwarden.reconcile.engine import EngineConfig
 
-SETTLE_S = 3.0  # status (2 s) and bundle/ledger (0.5 s) flushes that follow the last issuance
+# After the last issuance the operator still writes what it batches: statuses, bundles and
+# the issuance ledger (the slowest, every ledger_interval). Count requests until those have
+# landed, or writes the scenario caused would fall outside its window.
+_DEFAULTS = EngineConfig()
+SETTLE_S = (
+    max(_DEFAULTS.ledger_interval.total_seconds(), _DEFAULTS.status_interval)
+    + _DEFAULTS.flush_interval
+    + 1.0
+)
 
 
 def percentile(values: list[float], q: float) -> float | None:

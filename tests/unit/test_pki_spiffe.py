@@ -405,3 +405,28 @@ def test_unknown_variables_always_rejected(name: str) -> None:
 def test_template_length_limit_constant() -> None:
     assert MAX_TEMPLATE_LENGTH == 512
     validate_template("/ns/{namespace}/" + "a" * (512 - 16), shared=True)
+
+
+def test_parsed_templates_are_reused_but_errors_are_raised_every_time() -> None:
+    template = "/ns/{namespace}/pod/{pod.name}"
+    first = render_spiffe_path(template, pod_ctx(pod_name="web-1"))
+    second = render_spiffe_path(template, pod_ctx(pod_name="web-2"))
+    assert (first, second) == ("/ns/payments/pod/web-1", "/ns/payments/pod/web-2")
+    messages = []
+    for _ in range(2):
+        with pytest.raises(TemplateError) as err:
+            render_spiffe_path("/ns/{namespace}/{nmae}", pod_ctx())
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and "unknown variable {nmae}" in messages[0]
+    # The same DNS template at another index is reported under that index.
+    with pytest.raises(
+        TemplateError, match=r"spec.dnsNames\[1\]: variable \{pod.name\} needs a pod"
+    ):
+        render_dns_names(["{name}.svc", "{pod.name}.svc"], shared_ctx())
+    # Something that is not a string gets the template error, not a hashing TypeError.
+    with pytest.raises(TemplateError, match="expected a template string, got list"):
+        render_spiffe_path(["/ns/{namespace}/x"], pod_ctx())  # type: ignore[arg-type]
+    with pytest.raises(TemplateError, match=r"spec.dnsNames\[0\]: expected a template string"):
+        render_dns_names([{"x": 1}], pod_ctx())  # type: ignore[list-item]
+    with pytest.raises(TemplateError, match="trust domain: expected a string, got int"):
+        render_spiffe_path("/ns/{namespace}/x", pod_ctx(trust_domain=7))

@@ -12,6 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.unit.fakes import FakeClock, workload_identity
+from trustwarden.pki.ca import create_self_signed_ca
+from trustwarden.pki.rotation import AuthorityRecord, AuthoritySet, AuthorityState
+from trustwarden.reconcile.domains import DomainRuntime
 from trustwarden.reconcile.injection import (
     MOUNT_PATH,
     InjectionRejected,
@@ -273,3 +276,34 @@ def test_ledger_round_trip_owner_lookup_and_prune() -> None:
     restored.prune(now + timedelta(minutes=2))
     assert {e.serial for e in restored.owned_by("ns", "pod-1")} == {0xABC}
     assert "ns" in restored.dirty
+
+
+# --------------------------------------------------------------------------- domain anchors
+
+
+def test_domain_anchors_follow_replacements_and_expiry_despite_the_memo() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    short = create_self_signed_ca("a.org", ttl=timedelta(hours=1), now=now).anchor
+    long = create_self_signed_ca("a.org", ttl=timedelta(hours=3), now=now).anchor
+    spec = TrustDomainSpec.from_body(
+        {"metadata": {"name": "td"}, "spec": {"trustDomain": "a.org", "ca": {"selfSigned": {}}}}
+    )
+    runtime = DomainRuntime(spec, orphan_anchors=(short, long))
+    assert runtime.anchors(now) == [short, long]
+    assert runtime.anchors(now + timedelta(minutes=30)) == [short, long]
+    # The short-lived anchor drops out once it expires, even though nothing was replaced.
+    later = now + timedelta(hours=2)
+    assert runtime.anchors(later) == [long]
+    # A clock that steps back recomputes instead of reusing a later answer.
+    assert runtime.anchors(now) == [short, long]
+    # Replacing a source is seen at once.
+    runtime.orphan_anchors = (long,)
+    assert runtime.anchors(now) == [long]
+    fresh = create_self_signed_ca("a.org", now=now)
+    runtime.authorities = AuthoritySet(
+        (AuthorityRecord(fresh, AuthorityState.Active, prepared_at=now, activated_at=now),)
+    )
+    assert fresh.anchor in runtime.anchors(now)
+    # Callers get their own list: changing it does not change the domain's anchors.
+    runtime.anchors(now).clear()
+    assert fresh.anchor in runtime.anchors(now)

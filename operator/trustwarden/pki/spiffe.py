@@ -10,6 +10,7 @@ namespace can never mint another namespace's identity.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -291,9 +292,23 @@ def _validate_label_key(key: str, field: str, template: str) -> None:
         )
 
 
-def _parse_template(template: str, shared: bool, field: str) -> list[_Token]:
+# Parsed templates are cached: every issuance renders the same few templates, and parsing
+# (with its checks) cost more than rendering. Errors are not cached; they are raised again.
+_TEMPLATE_CACHE_SIZE = 1024
+
+
+def _require_template_string(template: object, field: str) -> None:
     if not isinstance(template, str):
         raise TemplateError(f"{field}: expected a template string, got {type(template).__name__}")
+
+
+def _parse_template(template: str, shared: bool, field: str) -> tuple[_Token, ...]:
+    _require_template_string(template, field)
+    return _parse_checked_template(template, shared, field)
+
+
+@functools.lru_cache(maxsize=_TEMPLATE_CACHE_SIZE)
+def _parse_checked_template(template: str, shared: bool, field: str) -> tuple[_Token, ...]:
     if len(template) > MAX_TEMPLATE_LENGTH:
         raise TemplateError(
             f"{field}: template is {len(template)} characters long; the limit is "
@@ -356,7 +371,7 @@ def _parse_template(template: str, shared: bool, field: str) -> list[_Token]:
             )
         tokens.append(_Token(variable=name))
         pos = close_at + 1
-    return tokens
+    return tuple(tokens)
 
 
 _PLACEHOLDER = "x"
@@ -375,8 +390,14 @@ def validate_template(template: str, shared: bool, *, field: str = "spec.spiffeI
     _path_template_tokens(template, shared, field)
 
 
-def _path_template_tokens(template: str, shared: bool, field: str) -> list[_Token]:
-    tokens = _parse_template(template, shared, field)
+def _path_template_tokens(template: str, shared: bool, field: str) -> tuple[_Token, ...]:
+    _require_template_string(template, field)
+    return _checked_path_tokens(template, shared, field)
+
+
+@functools.lru_cache(maxsize=_TEMPLATE_CACHE_SIZE)
+def _checked_path_tokens(template: str, shared: bool, field: str) -> tuple[_Token, ...]:
+    tokens = _parse_checked_template(template, shared, field)
     if (
         len(tokens) < 3
         or tokens[0].literal != "/ns/"
@@ -474,7 +495,7 @@ def _check_value(name: str, value: str, field: str) -> str:
     return value
 
 
-def _render(tokens: list[_Token], ctx: TemplateContext, field: str, template: str) -> str:
+def _render(tokens: Sequence[_Token], ctx: TemplateContext, field: str, template: str) -> str:
     out: list[str] = []
     for token in tokens:
         if token.literal is not None:
@@ -494,13 +515,20 @@ def render_spiffe_path(template: str, ctx: TemplateContext, *, field: str = "spe
             f"/ns/{ctx.namespace}/: {_NAMESPACE_PREFIX_ERROR}"
         )
     try:
-        validate_trust_domain(ctx.trust_domain)
+        if not isinstance(ctx.trust_domain, str):
+            validate_trust_domain(ctx.trust_domain)  # raises, naming the type
+        _checked_trust_domain(ctx.trust_domain)
         return validate_spiffe_path(path, trust_domain=ctx.trust_domain, field=field)
     except InvalidSpiffeIDError as exc:
         raise TemplateError(
             f"{field}: template {template[:80]!r} renders to an invalid SPIFFE ID: "
             f"{_strip_field(str(exc), field)}"
         ) from None
+
+
+@functools.lru_cache(maxsize=_TEMPLATE_CACHE_SIZE)
+def _checked_trust_domain(name: str) -> str:
+    return validate_trust_domain(name)
 
 
 def render_spiffe_id(

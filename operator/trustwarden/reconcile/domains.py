@@ -70,6 +70,21 @@ class Revocation:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _AnchorsMemo:
+    sources: tuple[object, ...]
+    since: datetime
+    until: datetime | None  # None: no expiry changes the answer
+    certs: tuple[x509.Certificate, ...]
+
+    def holds(self, sources: tuple[object, ...], now: datetime) -> bool:
+        return (
+            self.since <= now
+            and (self.until is None or now < self.until)
+            and all(a is b for a, b in zip(self.sources, sources, strict=True))
+        )
+
+
 @dataclass
 class DomainRuntime:
     spec: TrustDomainSpec
@@ -90,6 +105,10 @@ class DomainRuntime:
     stored_revocations: dict[str, str] | None = None  # read at start, until authorities load
     rotation_handled: str | None = None  # the last `trustwarden.io/rotate` request acted on
     loaded: bool = False  # state was read from (or written to) the cluster at least once
+    # anchors() for the current sources, compared by identity (they are replaced, never
+    # mutated), valid from when it was computed until the earliest notAfter among them:
+    # every issuance asks for the anchors.
+    _anchors_memo: _AnchorsMemo | None = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -109,6 +128,19 @@ class DomainRuntime:
         return self.authorities.active_authority
 
     def anchors(self, now: datetime) -> list[x509.Certificate]:
+        sources = (self.spec, self.authorities, self.orphan_anchors, self.external_anchors)
+        memo = self._anchors_memo
+        if memo is None or not memo.holds(sources, now):
+            certs = tuple(self._compute_anchors(now))
+            until = (
+                None  # external anchors are published as given, expired or not
+                if self.spec.ca_kind is CAKind.EXTERNAL
+                else min((c.not_valid_after_utc for c in certs), default=None)
+            )
+            memo = self._anchors_memo = _AnchorsMemo(sources, now, until, certs)
+        return list(memo.certs)
+
+    def _compute_anchors(self, now: datetime) -> list[x509.Certificate]:
         if self.spec.ca_kind is CAKind.EXTERNAL:
             return list(self.external_anchors)
         orphans = [c for c in self.orphan_anchors if c.not_valid_after_utc > now]

@@ -217,7 +217,7 @@ class Engine:
         self.reflectors: list[Reflector] = []
         self._watch_tasks: list[asyncio.Task[None]] = []
         self._ca_series: dict[str, set[tuple[str, str, str]]] = {}
-        self._ca_pem_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], bytes] = {}
+        self._ca_pem_cache: dict[tuple[str, ...], tuple[tuple[x509.Certificate, ...], bytes]] = {}
         self._ledger_flushed_at: datetime | None = None
         self.started = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -1372,15 +1372,21 @@ class Engine:
         domains = [runtime] + [
             d for n in spec.federates_with if (d := self.domains.get(n)) is not None
         ]
-        certs = [c for d in domains for c in d.anchors(now)]
-        key = (tuple(d.name for d in domains), tuple(sha256_hex(c) for c in certs))
+        certs = tuple(c for d in domains for c in d.anchors(now))
+        key = tuple(d.name for d in domains)
         cached = self._ca_pem_cache.get(key)
-        if cached is None:
+        # The domains hand out the same certificate objects until their anchors change, and
+        # the cache entry holds them, so identity is a safe (and cheap) comparison.
+        if (
+            cached is None
+            or len(cached[0]) != len(certs)
+            or any(a is not b for a, b in zip(cached[0], certs, strict=True))
+        ):
             if len(self._ca_pem_cache) > 256:
                 self._ca_pem_cache.clear()
-            cached = bundle_mod.anchors_to_pem(bundle_mod.filter_anchors(certs, now)).encode()
-            self._ca_pem_cache[key] = cached
-        return cached
+            pem = bundle_mod.anchors_to_pem(bundle_mod.filter_anchors(certs, now)).encode()
+            cached = self._ca_pem_cache[key] = (certs, pem)
+        return cached[1]
 
     async def _converge_leaf(self, target: LeafTarget, *, per_pod: bool) -> None:
         now = self.clock()
