@@ -10,8 +10,16 @@ from typing import Any
 
 import pytest
 
-from tests.unit.fakes import FakeClock, FakeKube, drain
+from tests.unit.fakes import (
+    FakeClock,
+    FakeKube,
+    add_web_pod,
+    drain,
+    make_engine,
+    per_pod_world,
+)
 from tests.unit.test_reconcile_engine import issued, secret_of
+from trustwarden.reconcile import observed as observed_mod
 from trustwarden.reconcile.engine import LeafTarget
 from trustwarden.reconcile.ports import ConflictError
 
@@ -139,5 +147,69 @@ def test_ca_refresh_is_one_conditional_patch_without_a_get() -> None:
         after["metadata"]["resourceVersion"] = "999999"  # type: ignore[index]
         with pytest.raises(ConflictError):
             await engine._refresh_ca(_target(), b"OTHER ANCHORS")
+
+    asyncio.run(scenario())
+
+
+class EchoFirstKube(FakeKube):
+    """Delivers the watch echo of each Secret it creates before answering the create, as a
+    busy API server may: the echo then reaches the engine ahead of the write's result."""
+
+    engine: Any = None
+
+    async def create(self, kind: str, namespace: str, body: Any) -> Any:
+        written = await super().create(kind, namespace, body)
+        if kind == "Secret" and self.engine is not None:
+            self.engine.observe_secret(written)
+        return written
+
+
+def test_an_echo_ahead_of_the_write_result_is_not_taken_for_a_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def scenario() -> None:
+        kube, clock = EchoFirstKube(), FakeClock()
+        engine = make_engine(kube, clock)
+        kube.engine = engine
+        per_pod_world(engine)
+        for i in range(3):
+            add_web_pod(engine, kube, f"w{i}", f"uid-pod-w{i}")
+            engine.scheduler.schedule(("pod", "shop", f"w{i}"), clock())
+        engine.scheduler.schedule(("td", "prod"), clock())
+        parsed: list[object] = []
+        real_inspect = observed_mod.inspect_leaf
+
+        def counting_inspect(*args: Any, **kwargs: Any) -> Any:
+            parsed.append(args)
+            return real_inspect(*args, **kwargs)
+
+        monkeypatch.setattr(observed_mod, "inspect_leaf", counting_inspect)
+        reconciled: list[object] = []
+        real_dispatch = engine._dispatch
+
+        async def counting_dispatch(key: Any) -> None:
+            if key[0] == "pod" and ("Secret", "shop", f"web-svid-{key[2]}") in kube.objects:
+                reconciled.append(key)  # a pod looked at again after its Secret was written
+            await real_dispatch(key)
+
+        monkeypatch.setattr(engine, "_dispatch", counting_dispatch)
+        await drain(engine, clock)
+        assert kube.calls["create"] >= 3
+        for i in range(3):
+            info = engine.secrets[("shop", f"web-svid-w{i}")]
+            assert info.facts is not None and info.uid  # the echo's identity, our facts
+            # The echo did not schedule the pod again...
+            assert ("pod", "shop", f"w{i}") not in reconciled, reconciled
+            # ...and its next run is the renewal, not "now".
+            due = engine.scheduler.deadline_of(("pod", "shop", f"w{i}"))
+            assert due is not None and due > clock() + timedelta(minutes=10)
+        assert parsed == []  # nothing we wrote was parsed back
+
+        # An edit by someone else while nothing is being written is still news.
+        secret = dict(kube.objects[("Secret", "shop", "web-svid-w0")])
+        secret["data"] = {**secret["data"], "tls.crt": base64.b64encode(b"junk").decode()}
+        engine.observe_secret(secret)
+        assert engine.scheduler.deadline_of(("pod", "shop", "w0")) == clock()
+        assert len(parsed) == 1
 
     asyncio.run(scenario())

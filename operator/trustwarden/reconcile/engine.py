@@ -206,6 +206,9 @@ class Engine:
         self._written: set[Hashable] = set()  # targets whose Secret we wrote (repair backoff)
         self._departed: dict[tuple[str, str], SecretInfo] = {}  # managed Secrets seen to go
         self._create_conflicts: set[Hashable] = set()  # targets whose create met a 409 once
+        # Secrets being written right now, as we expect to read them back: the watch can
+        # deliver the echo before the write's own answer, and must not take it for news.
+        self._writing: dict[tuple[str, str], SecretInfo] = {}
         self._invalid_domains: set[str] = set()  # TrustDomains whose spec never parsed
         self._bundle_retry: dict[str, datetime] = {}  # namespaces whose bundle name is taken
         # Deleted Secrets we hold with REVOKE_FINALIZER: (namespace, name) -> the TrustDomain
@@ -438,14 +441,17 @@ class Engine:
         key = (namespace, str(meta.get("name")))
         self._note_seen("secret", *key)
         previous = self.secrets.get(key)
-        info = SecretInfo.from_body(body, parse_leaf=not is_state, previous=previous)
+        # While we write this Secret, compare with what we are writing: its echo can arrive
+        # before the write's answer, and is neither parsed again nor taken for a change.
+        reference = self._writing.get(key) or previous
+        info = SecretInfo.from_body(body, parse_leaf=not is_state, previous=reference)
         self.secrets[key] = info
         if info.held and not is_state and (previous is None or not previous.held):
             self._schedule(("release", *key))
         if (
-            previous is not None
-            and previous.data_sha256 == info.data_sha256
-            and previous.revoke_request == info.revoke_request
+            reference is not None
+            and reference.data_sha256 == info.data_sha256
+            and reference.revoke_request == info.revoke_request
         ):
             return  # the echo of our own write, or an edit that changes nothing we act on
         self._poke_secret_owner(info)
@@ -1605,29 +1611,16 @@ class Engine:
             },
             "data": {k: _b64(v) for k, v in leaf.secret_data(ca_pem).items()},
         }
-        if observed is None:
-            try:
-                written = await self.kube.create("Secret", target.namespace, body)
-            except ConflictError:
-                # A Secret by that name exists but is not in our (label-filtered) cache. It may
-                # be ours with the watch lagging (an earlier create whose answer was lost), so
-                # look again once the watch had time to deliver it; still absent then, it is
-                # not ours. Either way it is never read or written.
-                if target.key not in self._create_conflicts:
-                    self._create_conflicts.add(target.key)
-                    self._schedule(target.key, now + timedelta(seconds=CREATE_CONFLICT_RECHECK))
-                    return
-                self._report_conflict(target, per_pod=per_pod)
-                await self._conflict_event(target, per_pod=per_pod)
-                self._schedule(target.key, now + timedelta(seconds=60))
-                return
-            self._create_conflicts.discard(target.key)
-        else:
-            body["metadata"]["resourceVersion"] = str(observed.resource_version)
-            written = await self.kube.replace("Secret", target.namespace, target.secret_name, body)
-        self.secrets[(target.namespace, target.secret_name)] = SecretInfo.from_body(
-            written, facts=leaf.to_facts(authority)
-        )
+        facts = leaf.to_facts(authority)
+        secret_key = (target.namespace, target.secret_name)
+        self._writing[secret_key] = SecretInfo.from_body(body, facts=facts)
+        try:
+            written = await self._write_secret(target, body, observed, per_pod=per_pod)
+        finally:
+            self._writing.pop(secret_key, None)
+        if written is None:
+            return
+        self.secrets[secret_key] = SecretInfo.from_body(written, facts=facts)
         self.ledger.record(
             target.namespace,
             LedgerEntry(
@@ -1652,17 +1645,46 @@ class Engine:
                 f"{target.secret_name}, valid until {to_rfc3339(leaf.not_after)} ({decision.message})",
             )
         self.dirty_status.add(("td", "", target.domain.name))
-        facts = self.secrets[(target.namespace, target.secret_name)].facts
-        if facts is not None:
-            next_decision = decide_renewal(
-                facts,
-                desired,
-                target.domain.authorities,
-                now,
-                jitter_key=target.jitter_key,
-                max_jitter_fraction=self.config.max_jitter_fraction,
-            )
-            self._schedule(target.key, max(next_decision.at, now + timedelta(seconds=1)))
+        next_decision = decide_renewal(
+            facts,
+            desired,
+            target.domain.authorities,
+            now,
+            jitter_key=target.jitter_key,
+            max_jitter_fraction=self.config.max_jitter_fraction,
+        )
+        self._schedule(target.key, max(next_decision.at, now + timedelta(seconds=1)))
+
+    async def _write_secret(
+        self,
+        target: LeafTarget,
+        body: dict[str, Any],
+        observed: SecretInfo | None,
+        *,
+        per_pod: bool,
+    ) -> Mapping[str, Any] | None:
+        """Create or replace the target's Secret; None when a foreign Secret holds the name."""
+        if observed is not None:
+            body["metadata"]["resourceVersion"] = str(observed.resource_version)
+            return await self.kube.replace("Secret", target.namespace, target.secret_name, body)
+        try:
+            written = await self.kube.create("Secret", target.namespace, body)
+        except ConflictError:
+            # A Secret by that name exists but is not in our (label-filtered) cache. It may be
+            # ours with the watch lagging (an earlier create whose answer was lost), so look
+            # again once the watch had time to deliver it; still absent then, it is not ours.
+            # Either way it is never read or written.
+            now = self.clock()
+            if target.key not in self._create_conflicts:
+                self._create_conflicts.add(target.key)
+                self._schedule(target.key, now + timedelta(seconds=CREATE_CONFLICT_RECHECK))
+                return None
+            self._report_conflict(target, per_pod=per_pod)
+            await self._conflict_event(target, per_pod=per_pod)
+            self._schedule(target.key, now + timedelta(seconds=60))
+            return None
+        self._create_conflicts.discard(target.key)
+        return written
 
     async def _refresh_ca(self, target: LeafTarget, ca_pem: bytes) -> None:
         """The anchors changed (a prepared authority, federation): update ca.crt only.
