@@ -37,7 +37,7 @@ from bench.harness.cluster import (  # noqa: E402
     start_cluster,
     stop_cluster,
 )
-from bench.harness.procmon import loadavg, machine_cpu  # noqa: E402
+from bench.harness.procmon import calibration_ms, loadavg, machine_cpu  # noqa: E402
 from bench.harness.scenarios import Bench, blank  # noqa: E402
 
 Step = tuple[str, Callable[[Bench, dict[str, Any]], dict[str, Any]]]
@@ -203,6 +203,7 @@ def main() -> int:
     load_before = {
         "loadavg": loadavg(),
         "busy_fraction": round((busy1 - busy0) / max(total1 - total0, 1), 3),
+        "calibration_ms": calibration_ms(),
     }
     log(f"machine load before the run: {load_before}")
 

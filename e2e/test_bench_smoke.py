@@ -52,6 +52,8 @@ def test_bench_smoke_profile_writes_results(tmp_path: Path) -> None:
         for key in ("p50_s", "p99_s", "certs_per_s", "api_writes_per_cert", "peak_rss_mib"):
             assert isinstance(figures[key], int | float), (name, key, figures[key])
         assert figures["api_requests"]["by_verb"].get("create", 0) >= 20
+        calibration = figures["load"]["calibration_ms"]  # host speed at the start and the end
+        assert len(calibration) == 2 and all(x > 0 for x in calibration), calibration
     assert results["restart-20"]["reissued"] == 0
     assert isinstance(results["restart-20"]["ready_s"], float)
     run = json.loads((out / "latest-run.json").read_text())

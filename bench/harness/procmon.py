@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -53,6 +54,27 @@ def machine_cpu() -> tuple[float, float]:
 def loadavg() -> list[float]:
     with open("/proc/loadavg") as handle:
         return [float(x) for x in handle.read().split()[:3]]
+
+
+_CALIBRATION_BLOCK = bytes(range(256)) * 4096  # 1 MiB
+
+
+def calibration_ms() -> float:
+    """CPU milliseconds of a fixed single-threaded workload (hashing plus an interpreter loop),
+    best of three. The same code takes more CPU time when the host is contended (a busy
+    hyperthread sibling, frequency changes), so this tells whether two runs were measured on
+    an equally fast machine; it is about 20 ms on an idle box here."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.thread_time()
+        digest = hashlib.sha256()
+        for _ in range(16):
+            digest.update(_CALIBRATION_BLOCK)
+        total = 0
+        for i in range(200_000):
+            total += i % 7
+        best = min(best, time.thread_time() - start)
+    return round(best * 1000, 1)
 
 
 @dataclass
@@ -122,8 +144,10 @@ class CpuWindow:
     start_machine: tuple[float, float] = (0.0, 0.0)
     start_time: float = 0.0
     start_load: list[float] = field(default_factory=list)
+    start_calibration: float = 0.0
 
     def start(self) -> CpuWindow:
+        self.start_calibration = calibration_ms()  # before the window: not counted in it
         self.start_time = time.time()
         self.start_machine = machine_cpu()
         self.start_load = loadavg()
@@ -153,4 +177,5 @@ class CpuWindow:
             "cores": cores,
             "loadavg_start": self.start_load,
             "loadavg_end": loadavg(),
+            "calibration_ms": [self.start_calibration, calibration_ms()],
         }

@@ -214,10 +214,13 @@ def markdown(results: dict[str, Any], run: dict[str, Any]) -> str:
     load = run.get("load_before") or {}
     lines.append(
         f"Load before the run: loadavg {load.get('loadavg')}, {load.get('busy_fraction')} of the machine busy "
-        "over 5 s (other engineers' tests share this box; see `other_busy_s` per scenario)."
+        "over 5 s (other engineers' tests share this box; see `other_busy_s` per scenario). "
+        f"Calibration: {load.get('calibration_ms')} ms of CPU for a fixed workload (`calib ms` per "
+        "scenario, at its start and end): the same work costs more CPU on a contended host, "
+        "so compare runs only at similar calibration."
     )
     lines += ["", "### Results", ""]
-    head = "| scenario | n | ns | p50 s | p95 s | p99 s | certs/s | writes/cert | reads/cert | peak RSS MiB | CPU s | CPU ms/cert | errors | machine busy | other busy s |"
+    head = "| scenario | n | ns | p50 s | p95 s | p99 s | certs/s | writes/cert | reads/cert | peak RSS MiB | CPU s | CPU ms/cert | errors | machine busy | other busy s | calib ms |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for name, r in results.items():
         load = r.get("load") or {}
@@ -241,6 +244,7 @@ def markdown(results: dict[str, Any], run: dict[str, Any]) -> str:
                     + (" (" + r["error"][:60] + ")" if r.get("error") else ""),
                     _fmt(load.get("machine_busy_fraction")),
                     _fmt(load.get("other_busy_s")),
+                    "/".join(_fmt(x) for x in load.get("calibration_ms") or ()) or "-",
                 ]
             )
             + " |"
