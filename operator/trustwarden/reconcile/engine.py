@@ -1381,13 +1381,9 @@ class Engine:
         certs = tuple(c for d in domains for c in d.anchors(now))
         key = tuple(d.name for d in domains)
         cached = self._ca_pem_cache.get(key)
-        # The domains hand out the same certificate objects until their anchors change, and
-        # the cache entry holds them, so identity is a safe (and cheap) comparison.
-        if (
-            cached is None
-            or len(cached[0]) != len(certs)
-            or any(a is not b for a, b in zip(cached[0], certs, strict=True))
-        ):
+        # The domains hand out the same certificate objects until their anchors change, so
+        # this tuple comparison is settled by identity (no DER compared) on every hit.
+        if cached is None or cached[0] != certs:
             if len(self._ca_pem_cache) > 256:
                 self._ca_pem_cache.clear()
             pem = bundle_mod.anchors_to_pem(bundle_mod.filter_anchors(certs, now)).encode()
@@ -1444,14 +1440,11 @@ class Engine:
                 now,
             )
         else:
-            assert target.domain.authorities is not None
-            decision = decide_renewal(
-                facts,
+            decision = self._decide(
+                target,
                 desired,
-                target.domain.authorities,
+                facts,
                 now,
-                jitter_key=target.jitter_key,
-                max_jitter_fraction=self.config.max_jitter_fraction,
                 expected_sha256=observed.recorded_sha256 if observed is not None else None,
             )
         ca_pem = self._ca_pem_for(target.wid, target.domain)
@@ -1645,15 +1638,29 @@ class Engine:
                 f"{target.secret_name}, valid until {to_rfc3339(leaf.not_after)} ({decision.message})",
             )
         self.dirty_status.add(("td", "", target.domain.name))
-        next_decision = decide_renewal(
+        next_decision = self._decide(target, desired, facts, now)
+        self._schedule(target.key, max(next_decision.at, now + timedelta(seconds=1)))
+
+    def _decide(
+        self,
+        target: LeafTarget,
+        desired: DesiredLeaf,
+        facts: LeafFacts | None,
+        now: datetime,
+        *,
+        expected_sha256: str | None = None,
+    ) -> RenewalDecision:
+        """decide_renewal for a target, against its domain's authorities and our jitter."""
+        assert target.domain.authorities is not None
+        return decide_renewal(
             facts,
             desired,
             target.domain.authorities,
             now,
             jitter_key=target.jitter_key,
             max_jitter_fraction=self.config.max_jitter_fraction,
+            expected_sha256=expected_sha256,
         )
-        self._schedule(target.key, max(next_decision.at, now + timedelta(seconds=1)))
 
     async def _write_secret(
         self,
