@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts a real local control plane on 127.0.0.1: etcd, kube-apiserver (RBAC, default admission
+# Starts a real local control plane on 127.0.0.1: etcd, kube-apiserver (Node+RBAC authorization, NodeRestriction, admission
 # plugins, webhooks, TokenRequest) and kube-controller-manager (GC, namespaces, ReplicaSets,
 # ServiceAccounts). State, logs and pid files live in $CLUSTER_DIR (default .cluster/); the admin
 # kubeconfig is $CLUSTER_DIR/kubeconfig. Idempotent: a healthy cluster is reused as it is.
@@ -127,30 +127,29 @@ until curl -sf "http://127.0.0.1:$ETCD_CLIENT_PORT/health" | grep -q '"health":"
 done
 
 # --- kube-apiserver ---
-# PodCertificateRequest and ClusterTrustBundle are beta APIs: turn their gates and groups on when
-# this version knows them.
-gates=()
-runtime=()
-help="$("$K8S_BIN/kube-apiserver" --help 2>&1 || true)"
-for g in PodCertificateRequest ClusterTrustBundle ClusterTrustBundleProjection; do
-  grep -q "$g=" <<<"$help" && gates+=("$g=true")
-done
-[[ ${#gates[@]} -gt 0 ]] && runtime+=("--feature-gates=$(IFS=,; echo "${gates[*]}")")
-runtime+=("--runtime-config=certificates.k8s.io/v1beta1=true,certificates.k8s.io/v1alpha1=true")
+# Run as a production cluster does for pod certificates (Kubernetes 1.37, where
+# PodCertificateRequest and ClusterTrustBundle are GA at certificates.k8s.io/v1):
+# - the Node authorizer and the NodeRestriction admission plugin, so only system:node:<name>
+#   may create a PodCertificateRequest, and only for a pod bound to that node;
+# - --endpoint-reconciler-type=none: 1.37 refuses a loopback advertise address with the default
+#   reconciler, so the `kubernetes` Service has no API-maintained endpoints here;
+# - --enable-aggregator-routing: calls to webhooks and aggregated APIs go to endpoint addresses
+#   (127.0.0.1 on a local node), never to a Service ClusterIP, which nothing routes here.
 # shellcheck disable=SC2086
 start kube-apiserver "$K8S_BIN/kube-apiserver" \
   --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
   --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
   --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
   --client-ca-file="$pki/ca.crt" \
-  --authorization-mode=RBAC \
+  --authorization-mode=Node,RBAC \
   --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --api-audiences=https://kubernetes.default.svc.cluster.local \
   --service-cluster-ip-range=10.0.0.0/24 \
-  --enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook \
+  --enable-admission-plugins=NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook \
+  --endpoint-reconciler-type=none --enable-aggregator-routing=true \
   --allow-privileged=true --profiling=false --v=1 \
-  "${runtime[@]}" ${APISERVER_EXTRA_ARGS:-}
+  ${APISERVER_EXTRA_ARGS:-}
 write_kubeconfig "$KUBECONFIG_OUT" admin
 deadline=$((SECONDS + READY_TIMEOUT))
 until [[ "$("$KUBECTL" --kubeconfig "$KUBECONFIG_OUT" --request-timeout=5s get --raw /readyz 2>/dev/null)" == ok ]]; do
