@@ -409,6 +409,13 @@ def test_the_service_account_cannot_escalate_or_reach_beyond_its_scope(
         ("delete", "namespaces", None),
         ("update", "leases.coordination.k8s.io/other-lease", env.namespace),
         ("create", "leases.coordination.k8s.io", env.shared_ns),
+        # ConfigMaps other than the bundle, in the namespaces it serves.
+        ("update", "configmaps/kube-root-ca.crt", env.shared_ns),
+        ("delete", "configmaps/kube-root-ca.crt", env.shared_ns),
+        ("update", "configmaps/extension-apiserver-authentication", "kube-system"),
+        ("delete", "configmaps/extension-apiserver-authentication", "kube-system"),
+        ("update", "configmaps", env.shared_ns),
+        ("patch", "configmaps/trustwarden-bundle", env.shared_ns),
     ]
     if env.mode == "namespaced":
         denied += [
@@ -431,6 +438,10 @@ def test_the_service_account_cannot_escalate_or_reach_beyond_its_scope(
         ("patch", "trustdomains.trustwarden.io#status", None),
         ("watch", "trustdomains.trustwarden.io", None),
         ("list", "namespaces", None),
+        ("create", "configmaps", env.shared_ns),
+        ("update", "configmaps/trustwarden-bundle", env.shared_ns),
+        ("delete", "configmaps/trustwarden-bundle", env.shared_ns),
+        ("update", "configmaps/trustwarden-ledger-x", env.namespace),
     ]
     wrongly_allowed = [c for c in denied if _can_i(env, *c)]
     wrongly_denied = [c for c in allowed if not _can_i(env, *c)]

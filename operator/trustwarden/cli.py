@@ -65,6 +65,13 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     run.add_argument("--concurrency", type=int, default=8, help="parallel issuances (default 8)")
     run.add_argument(
+        "--cluster-domain",
+        default="cluster.local",
+        help="the cluster's DNS domain: a namespace may put names under "
+        "<namespace>.svc.<domain> and <namespace>.pod.<domain> in its certificates "
+        "(default cluster.local)",
+    )
+    run.add_argument(
         "--no-leader-elect",
         action="store_true",
         help="do not take the leader Lease (single replica only)",
@@ -266,6 +273,7 @@ def _run(args: argparse.Namespace) -> int:
         webhook_service=args.webhook_service,
         webhook_configuration=args.webhook_configuration,
         concurrency=args.concurrency,
+        cluster_domain=args.cluster_domain,
         leader_elect=not args.no_leader_elect,
         lease_duration=args.lease_duration,
         identity=identity,

@@ -82,6 +82,19 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.revocation_entries = Gauge(
+            "trustwarden_revocation_entries",
+            "Revoked serials still inside their validity, per trust domain (the CRL's size).",
+            ["trust_domain"],
+            registry=r,
+        )
+        self.revocation_store_ratio = Gauge(
+            "trustwarden_revocation_store_ratio",
+            "How full the largest ConfigMap holding a trust domain's revocations is (1 = the "
+            "1 MiB object limit); the TrustDomain is Degraded from 0.5.",
+            ["trust_domain"],
+            registry=r,
+        )
         self.is_leader = Gauge(
             "trustwarden_leader",
             "1 when this replica holds the leader lease and reconciles, else 0.",

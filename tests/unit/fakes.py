@@ -11,10 +11,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from trustwarden.metrics import Metrics
+from trustwarden.reconcile.admission import AdmissionKey
 from trustwarden.reconcile.engine import Engine, EngineConfig
 from trustwarden.reconcile.ports import Body, ConflictError, ListPage, NotFoundError, ObjectRef
 
 START = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+# The webhook's signing key in these tests (the operator reads it from a Secret).
+ADMISSION_KEY = AdmissionKey(b"k" * 32)
 
 
 class FakeClock:
@@ -178,7 +181,10 @@ class FakeKube:
 
 def make_engine(kube: FakeKube, clock: FakeClock) -> Engine:
     return Engine(
-        kube, EngineConfig(operator_namespace="trustwarden-system"), Metrics(), clock=clock
+        kube,
+        EngineConfig(operator_namespace="trustwarden-system", admission_key=ADMISSION_KEY),
+        Metrics(),
+        clock=clock,
     )
 
 
@@ -267,7 +273,10 @@ def add_web_pod(engine: Engine, kube: FakeKube, name: str, uid: str) -> dict[str
             "namespace": "shop",
             "uid": uid,
             "labels": {"app": "web", "trustwarden.io/identity": "web"},
-            "annotations": {"trustwarden.io/secret": secret},
+            "annotations": {
+                "trustwarden.io/secret": secret,
+                "trustwarden.io/admission": ADMISSION_KEY.tag("shop", "web", secret),
+            },
         },
         "spec": {
             "serviceAccountName": "default",

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.unit.fakes import FakeClock, workload_identity
+from tests.unit.fakes import ADMISSION_KEY, FakeClock, workload_identity
 from trustwarden.pki.ca import create_self_signed_ca
 from trustwarden.pki.rotation import AuthorityRecord, AuthoritySet, AuthorityState
 from trustwarden.reconcile.domains import DomainRuntime
@@ -223,10 +223,15 @@ def test_injection_for_one_identity() -> None:
     plan = plan_injection(
         pod,
         [_identity("web", {"app": "web"})],
+        key=ADMISSION_KEY,
         name_factory=lambda w: f"{w}-svid-x",
     )
     assert plan.labels == {"trustwarden.io/identity": "web"}
-    assert plan.annotations == {"trustwarden.io/secret": "web-svid-x"}
+    assert plan.annotations == {
+        "trustwarden.io/secret": "web-svid-x",
+        # binds namespace, identity and Secret name under the operator's key
+        "trustwarden.io/admission": ADMISSION_KEY.tag("ns", "web", "web-svid-x"),
+    }
     injected = jsonpatch.apply_patch(pod, json_patch(pod, plan))
     # A hand-written volume of the same name is replaced: the user never picks the Secret.
     assert injected["spec"]["volumes"] == [
@@ -246,19 +251,38 @@ def test_injection_for_one_identity() -> None:
 
 def test_injection_rejects_two_identities_naming_both() -> None:
     with pytest.raises(InjectionRejected, match=r"\(a, b\).*podSelector disjoint"):
-        plan_injection(_pod({"app": "web"}), [_identity("b", {"app": "web"}), _identity("a", {})])
+        plan_injection(
+            _pod({"app": "web"}),
+            [_identity("b", {"app": "web"}), _identity("a", {})],
+            key=ADMISSION_KEY,
+        )
 
 
-def test_unselected_pod_loses_hand_set_label_and_annotation() -> None:
-    pod = _pod({"app": "x", "trustwarden.io/identity": "web"}, {"trustwarden.io/secret": "victim"})
-    plan = plan_injection(pod, [_identity("web", {"app": "web"})])
+def test_unselected_pod_loses_hand_set_label_annotations_and_volume() -> None:
+    pod = _pod(
+        {"app": "x", "trustwarden.io/identity": "web"},
+        {"trustwarden.io/secret": "victim", "trustwarden.io/admission": "v1.forged"},
+    )
+    pod["spec"]["containers"][0]["volumeMounts"].append(
+        {"name": "trustwarden-svid", "mountPath": "/var/run/secrets/trustwarden.io/"}
+    )
+    plan = plan_injection(pod, [_identity("web", {"app": "web"})], key=ADMISSION_KEY)
     assert plan.labels == {"trustwarden.io/identity": None}
-    assert plan.annotations == {"trustwarden.io/secret": None}
+    assert plan.annotations == {
+        "trustwarden.io/secret": None,
+        "trustwarden.io/admission": None,
+    }
     assert plan.identity is None and plan.secret_name is None
     unselected = jsonpatch.apply_patch(pod, json_patch(pod, plan))
     assert unselected["metadata"]["labels"] == {"app": "x"}
     assert unselected["metadata"]["annotations"] == {}
-    assert unselected["spec"] == pod["spec"]
+    # The hand-made volume (and its mount) is gone: if the pod is labelled later, it can never
+    # choose the Secret trustwarden writes.
+    assert unselected["spec"]["volumes"] == []
+    assert unselected["spec"]["containers"][0]["volumeMounts"] == [
+        {"name": "data", "mountPath": "/data"}
+    ]
+    assert unselected["spec"]["initContainers"] == pod["spec"]["initContainers"]
 
 
 # --------------------------------------------------------------------------- ledger

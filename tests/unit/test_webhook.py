@@ -17,7 +17,14 @@ import jsonpatch
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from tests.unit.fakes import FakeClock, FakeKube, make_engine, namespace, workload_identity
+from tests.unit.fakes import (
+    ADMISSION_KEY,
+    FakeClock,
+    FakeKube,
+    make_engine,
+    namespace,
+    workload_identity,
+)
 from trustwarden.handlers.services import OperatorConfig, Services
 from trustwarden.handlers.webhook import WEBHOOK_PATH, InjectionWebhook
 from trustwarden.handlers.webhook_tls import make_serving_certificate
@@ -190,9 +197,12 @@ def test_plan_and_patch_agree_on_a_selected_pod() -> None:
         "metadata": {"namespace": "ns", "labels": {"app": "web"}},
         "spec": {"containers": [{"name": "app"}]},
     }
-    plan = plan_injection(pod, [identity], name_factory=lambda w: f"{w}-svid-x")
+    plan = plan_injection(pod, [identity], key=ADMISSION_KEY, name_factory=lambda w: f"{w}-svid-x")
     injected = _apply(pod, plan)
-    assert injected["metadata"]["annotations"] == {"trustwarden.io/secret": "web-svid-x"}
+    assert injected["metadata"]["annotations"] == {
+        "trustwarden.io/secret": "web-svid-x",
+        "trustwarden.io/admission": ADMISSION_KEY.tag("ns", "web", "web-svid-x"),
+    }
     assert injected["spec"]["volumes"][0]["secret"]["secretName"] == "web-svid-x"
 
 

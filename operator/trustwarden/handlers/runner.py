@@ -33,6 +33,7 @@ from trustwarden.k8s.gateway import KubeGateway
 from trustwarden.k8s.http import ApiClient
 from trustwarden.k8s.leader import LeaderElector
 from trustwarden.metrics import Metrics
+from trustwarden.reconcile.admission import ensure_key
 from trustwarden.reconcile.engine import Engine, EngineConfig
 from trustwarden.reconcile.observed import INJECT_LABEL, MANAGED_BY, MANAGER
 
@@ -181,18 +182,21 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
     api = ApiClient(cluster)
     gateway = KubeGateway(api, instance=config.identity)
     metrics = Metrics()
+    if config.local:
+        await gateway.ensure_namespace(config.operator_namespace, {MANAGED_BY: MANAGER})
+    admission_key = await ensure_key(gateway, config.operator_namespace, {MANAGED_BY: MANAGER})
     engine = Engine(
         gateway,
         EngineConfig(
+            admission_key=admission_key,
             operator_namespace=config.operator_namespace,
             concurrency=config.concurrency,
+            cluster_domain=config.cluster_domain,
             watch_namespaces=frozenset(config.watch_namespaces) or None,
         ),
         metrics,
     )
     services = Services(config=config, engine=engine, gateway=gateway, metrics=metrics)
-    if config.local:
-        await gateway.ensure_namespace(config.operator_namespace, {MANAGED_BY: MANAGER})
     if config.metrics_port:
         start_http_server(
             config.metrics_port, addr=config.metrics_address, registry=metrics.registry

@@ -28,6 +28,7 @@ class OperatorConfig:
     webhook_service: str | None = None
     webhook_configuration: str = "trustwarden-webhook"
     concurrency: int = 8
+    cluster_domain: str = "cluster.local"
     leader_elect: bool = True
     lease_name: str = "trustwarden-leader"
     lease_duration: float = 15.0

@@ -66,7 +66,7 @@ def decide(services: Services, request: Mapping[str, Any]) -> Verdict:
     engine = services.engine
     identities = [engine.wids[(namespace, n)] for n in engine.wids_by_ns.get(namespace, ())]
     try:
-        plan = plan_injection(pod, identities)
+        plan = plan_injection(pod, identities, key=engine.config.admission_key)
     except InjectionRejected as exc:
         return Verdict(result="rejected", allowed=False, code=403, message=str(exc))
     return Verdict(

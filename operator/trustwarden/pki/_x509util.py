@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from functools import cached_property
 
@@ -36,10 +37,40 @@ def describe(cert: x509.Certificate) -> str:
     return f"{subject[:120] or '<empty subject>'} (serial {serial_hex(cert.serial_number)})"
 
 
+_PEM_BLOCK = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----"
+)
+
+
+def only_certificate_blocks(data: bytes, *, source: str) -> None:
+    """Refuse PEM input that holds anything besides CERTIFICATE blocks and whitespace: a
+    private key behind a look-alike marker (a non-breaking space in BEGIN) or bare base64 is
+    refused as well as a well-formed key block. The message never quotes the input."""
+    rest = _PEM_BLOCK.sub(b"", data)
+    if rest.strip(b" \t\r\n"):
+        offset = len(data) - len(data.lstrip(b" \t\r\n"))
+        for match in _PEM_BLOCK.finditer(data):
+            if match.start() > offset and data[offset : match.start()].strip(b" \t\r\n"):
+                break
+            offset = match.end()
+        line = data[:offset].count(b"\n") + 1
+        raise InvalidPEMError(
+            f"{source}: holds something other than PEM certificate blocks near line {line} "
+            "(a key, text or bare base64); keep only -----BEGIN CERTIFICATE----- blocks: "
+            "anchors never need a private key"
+        )
+
+
 def load_certificates(
-    data: bytes, *, source: str, max_certs: int, what: str = "certificate"
+    data: bytes,
+    *,
+    source: str,
+    max_certs: int,
+    what: str = "certificate",
+    strict: bool = False,
 ) -> list[x509.Certificate]:
-    """Parse one or more PEM certificates, with size and count limits."""
+    """Parse one or more PEM certificates, with size and count limits. `strict` refuses
+    anything else in the input (see only_certificate_blocks)."""
     if isinstance(data, str):
         data = data.encode()
     if not isinstance(data, bytes | bytearray):
@@ -49,6 +80,8 @@ def load_certificates(
             f"{source}: PEM input is {len(data)} bytes, above the {MAX_PEM_BYTES}-byte limit; "
             f"provide only the {what}s that are needed"
         )
+    if strict:
+        only_certificate_blocks(bytes(data), source=source)
     count = data.count(b"-----BEGIN CERTIFICATE-----")
     if count == 0:
         hint = ""

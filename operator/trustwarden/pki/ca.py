@@ -405,7 +405,7 @@ def load_anchors(
     deduplicated and sorted."""
     now = require_utc(now)
     certs = load_certificates(
-        bundle_pem, source=source, max_certs=MAX_ANCHORS, what="CA certificate"
+        bundle_pem, source=source, max_certs=MAX_ANCHORS, what="CA certificate", strict=True
     )
     anchors = filter_anchors(certs, now)
     if not anchors:

@@ -212,6 +212,7 @@ class IssuedLeaf(CertificateValidity):
         if issuer is not None and known_issuer:
             issuer_der = issuer.certificate.public_bytes(serialization.Encoding.DER)
             facts._issued_by_cache[issuer_der] = True
+            facts._issued_by_cache[b"sig:" + issuer_der] = True  # we signed it just now
         return facts
 
     def secret_data(self, ca_pem: str | bytes) -> dict[str, bytes]:
@@ -385,6 +386,19 @@ class LeafFacts:
         answer = self._issued_by_cache.get(key)
         if answer is None:
             answer = _issued(self.certificate, self.authority_key_id, cert)
+            self._issued_by_cache[key] = answer
+        return answer
+
+    def signed_by(self, issuer: x509.Certificate | Authority) -> bool:
+        """True only when ``issuer``'s key verifies this leaf's signature (and the names
+        chain). Unlike :meth:`issued_by`, this is evidence: a look-alike that copies the
+        issuer name and key identifiers fails it."""
+        cert = issuer.certificate if isinstance(issuer, Authority) else issuer
+        key = b"sig:" + cert.public_bytes(serialization.Encoding.DER)
+        answer = self._issued_by_cache.get(key)
+        if answer is None:
+            leaf = self.certificate
+            answer = leaf.issuer == cert.subject and directly_issued_by(leaf, cert)
             self._issued_by_cache[key] = answer
         return answer
 

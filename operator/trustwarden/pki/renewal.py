@@ -6,7 +6,7 @@ decides, and the caller acts. The first check that fires wins.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -48,6 +48,7 @@ class RenewalReason(StrEnum):
     NotIssued = "NotIssued"
     Tampered = "Tampered"
     KeyMismatch = "KeyMismatch"
+    Revoked = "Revoked"
     Expired = "Expired"
     SpecChanged = "SpecChanged"
     IssuerNotActive = "IssuerNotActive"
@@ -169,6 +170,7 @@ class _Context:
     now: datetime
     expected_sha256: str | None
     renew_at_point: datetime
+    revoked: Container[int] = ()
 
 
 _Check = Callable[[_Context], tuple[RenewalAction, RenewalReason, str] | None]
@@ -210,6 +212,17 @@ def _check_key(c: _Context) -> tuple[RenewalAction, RenewalReason, str] | None:
             RenewalReason.KeyMismatch,
             f"tls.key is missing or does not match the certificate (serial "
             f"{c.facts.serial_hex}); reissuing",
+        )
+    return None
+
+
+def _check_revoked(c: _Context) -> tuple[RenewalAction, RenewalReason, str] | None:
+    if c.facts.serial in c.revoked:
+        return (
+            RenewalAction.renew,
+            RenewalReason.Revoked,
+            f"certificate serial {c.facts.serial_hex} is on the trust domain's revocation "
+            "list; reissuing at once",
         )
     return None
 
@@ -303,6 +316,7 @@ def _check_renew_point(c: _Context) -> tuple[RenewalAction, RenewalReason, str] 
 CHECKS: tuple[_Check, ...] = (
     _check_tampered,
     _check_key,
+    _check_revoked,
     _check_expired,
     _check_spec,
     _check_issuer,
@@ -319,6 +333,7 @@ def decide_renewal(
     jitter_key: str,
     max_jitter_fraction: float = DEFAULT_MAX_JITTER_FRACTION,
     expected_sha256: str | None = None,
+    revoked: Container[int] = (),
 ) -> RenewalDecision:
     """Decide whether to issue, renew or wait.
 
@@ -326,7 +341,8 @@ def decide_renewal(
     (best: retired issuers are recognised too), the active :class:`Authority`, or just its
     SHA-256 (then ``facts.issuer_sha256`` must come from ``inspect_leaf(issuers=...)``).
     ``expected_sha256`` is the leaf fingerprint trustwarden recorded when it wrote the
-    Secret; a different certificate counts as tampering.
+    Secret; a different certificate counts as tampering. ``revoked`` holds the serials on
+    the domain's revocation list: a revoked certificate is replaced at once.
     """
     now = require_utc(now)
     if facts is None:
@@ -349,7 +365,9 @@ def decide_renewal(
     point = renew_point(
         facts, desired.renew_at, jitter_key, max_jitter_fraction, backdate=desired.backdate
     )
-    context = _Context(facts, desired, active, active_sha256, known, now, expected_sha256, point)
+    context = _Context(
+        facts, desired, active, active_sha256, known, now, expected_sha256, point, revoked
+    )
     for check in CHECKS:
         verdict = check(context)
         if verdict is not None:

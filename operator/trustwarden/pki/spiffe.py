@@ -29,6 +29,7 @@ __all__ = [
     "render_dns_names",
     "render_spiffe_id",
     "render_spiffe_path",
+    "template_variables",
     "trust_domain_uri",
     "validate_dns_name",
     "validate_dns_template",
@@ -417,6 +418,13 @@ def _checked_path_tokens(template: str, shared: bool, field: str) -> tuple[_Toke
             f"{_strip_field(str(exc), field)}"
         ) from None
     return tokens
+
+
+def template_variables(template: str, *, field: str = "template") -> frozenset[str]:
+    """The variables a template uses (``namespace``, ``pod.name``, ``label:app``, ...)."""
+    return frozenset(
+        t.variable for t in _parse_template(template, False, field) if t.variable is not None
+    )
 
 
 def validate_dns_template(template: str, shared: bool, *, field: str = "spec.dnsNames") -> None:

@@ -32,6 +32,42 @@ CA_SECRET_PREFIX = "trustwarden-ca-"
 REVOCATIONS_PREFIX = "trustwarden-revocations-"
 CRL_VALIDITY = timedelta(hours=24)
 CRL_REFRESH = timedelta(hours=12)
+# A ConfigMap holds at most 1 MiB (etcd's object limit). The revocations ConfigMap and every
+# namespace bundle carry the CRL; the revocation list must never reach that limit unnoticed.
+CONFIGMAP_LIMIT = 1024 * 1024
+# Degrade visibly (condition, Event, metric) from half of it on; from 80 % the CRL copy kept in
+# the revocations ConfigMap (a restart optimisation) is dropped to leave room for the list.
+REVOCATIONS_WARN_FRACTION = 0.5
+REVOCATIONS_TRIM_FRACTION = 0.8
+
+
+@dataclass(frozen=True)
+class RevocationLoad:
+    """How full the revocation store of one domain is, in bytes of its largest ConfigMap."""
+
+    entries: int
+    stored_bytes: int  # the revocations ConfigMap's data
+    bundle_bytes: int  # the CRL part of every namespace bundle
+    by_namespace: Mapping[str, int]
+
+    @property
+    def fraction(self) -> float:
+        return max(self.stored_bytes, self.bundle_bytes) / CONFIGMAP_LIMIT
+
+    @property
+    def degraded(self) -> bool:
+        return self.fraction >= REVOCATIONS_WARN_FRACTION
+
+    def message(self, domain: str) -> str:
+        top = sorted(self.by_namespace.items(), key=lambda item: (-item[1], item[0]))[:3]
+        holders = ", ".join(f"{ns or '<unknown>'} ({count})" for ns, count in top)
+        return (
+            f"TrustDomain {domain} holds {self.entries} revoked serial(s) still inside their "
+            f"validity, {self.fraction:.0%} of the 1 MiB a ConfigMap can hold (most from: "
+            f"{holders}). Revocation and bundle publishing stop working at 100 %: find why "
+            "these namespaces delete so many pods, lower spec.policy.maxTTL so entries expire "
+            "sooner, or limit pod churn with a ResourceQuota"
+        )
 
 
 def ca_secret_name(domain: str) -> str:
@@ -49,15 +85,19 @@ class Revocation:
     not_after: datetime
     revoked_at: datetime
     reason: str
+    namespace: str = ""  # whose certificate it was: shown when the list grows large
 
     def to_json(self) -> dict[str, str]:
-        return {
+        raw = {
             "serial": format(self.serial, "x"),
             "issuer": self.issuer_sha256,
             "notAfter": to_rfc3339(self.not_after),
             "revokedAt": to_rfc3339(self.revoked_at),
             "reason": self.reason,
         }
+        if self.namespace:
+            raw["namespace"] = self.namespace
+        return raw
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Revocation:
@@ -67,6 +107,7 @@ class Revocation:
             not_after=from_rfc3339(str(raw["notAfter"]), "notAfter"),
             revoked_at=from_rfc3339(str(raw["revokedAt"]), "revokedAt"),
             reason=str(raw.get("reason", "")),
+            namespace=str(raw.get("namespace", "")),
         )
 
 
@@ -105,6 +146,10 @@ class DomainRuntime:
     stored_revocations: dict[str, str] | None = None  # read at start, until authorities load
     rotation_handled: str | None = None  # the last `trustwarden.io/rotate` request acted on
     loaded: bool = False  # state was read from (or written to) the cluster at least once
+    # The TrustDomain that owns this one's SPIFFE trust domain name, when that is another one:
+    # this claim is then refused (it issues nothing and publishes nothing).
+    conflict: str | None = None
+    last_load: RevocationLoad | None = None  # as of the last stored revocation list
     # anchors() for the current sources, compared by identity (they are replaced, never
     # mutated), valid from when it was computed until the earliest notAfter among them:
     # every issuance asks for the anchors.
@@ -159,13 +204,54 @@ class DomainRuntime:
     # --- revocations and CRLs ---
 
     def revoke(
-        self, serial: int, issuer_sha256: str, not_after: datetime, now: datetime, reason: str
+        self,
+        serial: int,
+        issuer_sha256: str,
+        not_after: datetime,
+        now: datetime,
+        reason: str,
+        *,
+        namespace: str = "",
     ) -> bool:
-        if serial in self.revocations or not_after <= now:
+        """Put `serial`, signed by the authority `issuer_sha256`, into this domain's CRL.
+
+        An entry lives no longer than its issuer's own validity: nothing signed by it can be
+        valid afterwards, whatever notAfter the caller was told. A serial of an authority this
+        domain no longer holds is refused: no bundle trusts that authority any more, and no
+        CRL could be signed for it."""
+        issuer = self.issuer_by_sha(issuer_sha256)
+        if issuer is None or serial in self.revocations:
             return False
-        self.revocations[serial] = Revocation(serial, issuer_sha256, not_after, now, reason)
+        not_after = min(not_after, issuer.path_not_after)
+        if not_after <= now:
+            return False
+        self.revocations[serial] = Revocation(
+            serial, issuer_sha256, not_after, now, reason, namespace
+        )
         self.crl_stale = True
         return True
+
+    def bound_revocations(self) -> bool:
+        """Bound every entry by its issuer's validity and drop those of authorities no longer
+        held (entries stored by an earlier version were taken at their word)."""
+        changed = False
+        for serial, entry in list(self.revocations.items()):
+            issuer = self.issuer_by_sha(entry.issuer_sha256)
+            if issuer is None:
+                del self.revocations[serial]
+                changed = True
+            elif entry.not_after > issuer.path_not_after:
+                entry.not_after = issuer.path_not_after
+                changed = True
+        if changed:
+            self.crl_stale = True
+        return changed
+
+    def revocations_by_namespace(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for entry in self.revocations.values():
+            counts[entry.namespace] = counts.get(entry.namespace, 0) + 1
+        return counts
 
     def prune_revocations(self, now: datetime) -> bool:
         expired = [s for s, r in self.revocations.items() if r.not_after <= now]
@@ -212,11 +298,23 @@ class DomainRuntime:
             sorted(r.sha256 for r in self.authorities.records if r.authority.not_after > now)
         )
 
+    def revocation_load(self) -> RevocationLoad:
+        listed = len(self.revocations_json())
+        return RevocationLoad(
+            entries=len(self.revocations),
+            stored_bytes=listed + len(self.crl_pem),
+            bundle_bytes=len(self.crl_pem),
+            by_namespace=self.revocations_by_namespace(),
+        )
+
     def revocations_data(self, now: datetime) -> dict[str, str]:
         """What the revocations ConfigMap holds: the revoked serials and the CRL built from them,
-        so a restarted operator republishes the same CRL instead of rewriting every bundle."""
-        data = {"revoked.json": self.revocations_json()}
-        if self.crl_pem and self.crl_built_at is not None and not self.crl_stale:
+        so a restarted operator republishes the same CRL instead of rewriting every bundle.
+        When the list grows large, the CRL copy is left out to keep room for the list."""
+        listed = self.revocations_json()
+        data = {"revoked.json": listed}
+        room = len(listed) + len(self.crl_pem) < CONFIGMAP_LIMIT * REVOCATIONS_TRIM_FRACTION
+        if room and self.crl_pem and self.crl_built_at is not None and not self.crl_stale:
             data["crl.pem"] = self.crl_pem.decode()
             data["crl-number"] = str(self.crl_number)
             data["crl-built-at"] = to_rfc3339(self.crl_built_at)

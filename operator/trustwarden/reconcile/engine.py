@@ -53,7 +53,19 @@ from trustwarden.pki.renewal import (
     decide_renewal,
     renew_point,
 )
-from trustwarden.pki.spiffe import SpiffeID, TemplateContext, render_dns_names, render_spiffe_path
+from trustwarden.pki.spiffe import (
+    SpiffeID,
+    TemplateContext,
+    render_dns_names,
+    render_spiffe_path,
+    template_variables,
+)
+from trustwarden.reconcile.admission import AdmissionKey, new_key
+from trustwarden.reconcile.dnspolicy import (
+    DEFAULT_CLUSTER_DOMAIN,
+    DNSNameNotAllowed,
+    check_dns_names,
+)
 from trustwarden.reconcile.domains import (
     DomainRuntime,
     ca_secret_name,
@@ -75,16 +87,17 @@ from trustwarden.reconcile.observed import (
     IDENTITY_LABEL,
     MANAGED_BY,
     MANAGER,
-    RENEW_AT_ANNOTATION,
     REVOKE_FINALIZER,
     BundleInfo,
     NamespaceInfo,
     PodInfo,
     SecretInfo,
+    metadata_digest,
 )
 from trustwarden.reconcile.ports import ConflictError, KubePort, NotFoundError, ObjectRef
 from trustwarden.reconcile.reflector import Reflector, key_of
 from trustwarden.reconcile.scheduler import DeadlineScheduler, utcnow
+from trustwarden.reconcile.secretbody import leaf_annotations, svid_metadata, svid_secret
 
 log = logging.getLogger("trustwarden.engine")
 
@@ -125,6 +138,11 @@ class EngineConfig:
     status_timing_interval: timedelta = timedelta(seconds=30)
     # Namespace-scoped mode: never write outside these namespaces (RBAC would refuse anyway).
     watch_namespaces: frozenset[str] | None = None
+    # The cluster's DNS domain: a namespace owns the DNS names under <ns>.svc.<cluster_domain>.
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+    # Verifies the injection webhook's admission tags (reconcile/admission.py); every replica
+    # reads the same key from the operator namespace at start.
+    admission_key: AdmissionKey = field(default_factory=lambda: AdmissionKey(new_key()))
 
 
 @dataclass
@@ -213,7 +231,13 @@ class Engine:
         self._bundle_retry: dict[str, datetime] = {}  # namespaces whose bundle name is taken
         # Deleted Secrets we hold with REVOKE_FINALIZER: (namespace, name) -> the TrustDomain
         # whose revocation list must be persisted before the Secret may go.
-        self._held: dict[tuple[str, str], str] = {}
+        self._held: dict[tuple[str, str], frozenset[str]] = {}
+        # Deleted Secrets and the TrustDomains into which their owner's serials were revoked
+        # just before: _release waits for those lists to be stored.
+        self._revoked_for: dict[tuple[str, str], frozenset[str]] = {}
+        # Owner UID -> its work key, so an owner whose serial is revoked while it lives is
+        # reissued at once rather than at its next renewal.
+        self._keys_by_uid: dict[str, Hashable] = {}
         self._persisted: set[tuple[str, str]] = set()  # held ones whose revocation is stored
         self._observed_seq = 0
         self._seen: dict[tuple[str, str, str], int] = {}
@@ -344,6 +368,8 @@ class Engine:
             self.dirty_bundles.add(info.name)
             for name in self.wids_by_ns.get(info.name, ()):
                 self._schedule(("wid", info.name, name))
+            if previous is not None:  # which domains allow it may have changed: their counts
+                self.dirty_status.update(("td", "", name) for name in self.domains)
 
     def forget_namespace(self, name: str) -> None:
         self.namespaces.pop(name, None)
@@ -376,18 +402,25 @@ class Engine:
     def observe_trust_domain(self, body: Mapping[str, Any]) -> None:
         name = str((body.get("metadata") or {}).get("name"))
         self._seed_status(("td", "", name), body)
+        previous = self.td_bodies.get(name)
         self.td_bodies[name] = body
         self._schedule(("td", name))
+        self._reschedule_claims(previous)
+        self._reschedule_claims(body)
 
     def forget_trust_domain(self, name: str) -> None:
-        self.td_bodies.pop(name, None)
+        previous = self.td_bodies.pop(name, None)
         self._schedule(("td", name))
+        self._reschedule_claims(previous)
 
     def observe_workload_identity(self, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace")), str(meta.get("name")))
         self._seed_status(("wid", *key), body)
         self.wid_bodies[key] = body
+        uid = str(meta.get("uid") or "")
+        if uid:
+            self._keys_by_uid[uid] = ("wid", *key)
         try:
             self.wids[key] = WorkloadIdentitySpec.from_body(body)
             self.wids_by_ns[key[0]].add(key[1])
@@ -400,7 +433,9 @@ class Engine:
 
     def forget_workload_identity(self, namespace: str, name: str) -> None:
         key = (namespace, name)
-        self.wid_bodies.pop(key, None)
+        body = self.wid_bodies.pop(key, None)
+        if body is not None:
+            self._keys_by_uid.pop(str((body.get("metadata") or {}).get("uid") or ""), None)
         self.wid_errors.pop(key, None)
         self.dirty_bundles.add(namespace)
         self._schedule(("wid", namespace, name))
@@ -413,6 +448,7 @@ class Engine:
         if previous is not None and previous.identity and previous.identity != info.identity:
             self.pods_by_wid[(info.namespace, previous.identity)].discard(info.name)
         self.pods[key] = info
+        self._keys_by_uid[info.uid] = ("pod", *key)
         if info.identity:
             self.pods_by_wid[(info.namespace, info.identity)].add(info.name)
         if previous is None or previous.labels != info.labels or info.deleting:
@@ -422,6 +458,7 @@ class Engine:
         info = PodInfo.from_body(body)
         key = (info.namespace, info.name)
         known = self.pods.pop(key, None) or info
+        self._keys_by_uid.pop(known.uid, None)
         self._seen.pop(("pod", *key), None)
         if known.identity:
             self.pods_by_wid[(known.namespace, known.identity)].discard(known.name)
@@ -452,6 +489,7 @@ class Engine:
             reference is not None
             and reference.data_sha256 == info.data_sha256
             and reference.revoke_request == info.revoke_request
+            and reference.meta_digest == info.meta_digest
         ):
             return  # the echo of our own write, or an edit that changes nothing we act on
         self._poke_secret_owner(info)
@@ -585,9 +623,17 @@ class Engine:
             return
         self._invalid_domains.discard(name)
         runtime = self.domains.get(name)
+        owner = self._trust_domain_owner(spec.trust_domain)
+        if owner != name:
+            await self._refuse_claim(name, owner, spec, runtime)
+            return
         if runtime is None:
             runtime = DomainRuntime(spec=spec)
             self.domains[name] = runtime
+        elif runtime.conflict is not None:
+            runtime.conflict = None  # the older claim went away: this one owns the name now
+            self._mark_domain_bundles(runtime)
+            self._reschedule_domain_identities(name)
         previous_spec = runtime.spec
         runtime.spec = spec
         now = self.clock()
@@ -616,6 +662,9 @@ class Engine:
             self.metrics.errors.labels(reason="CAInvalid").inc()
             await self._event(self._domain_ref(runtime), "Warning", "CAInvalid", str(exc))
             next_at = now + SECRET_REF_POLL
+        if runtime.authorities is not None and runtime.bound_revocations():
+            self.dirty_revocations.add(name)  # entries an earlier version took at their word
+            self._mark_domain_bundles(runtime)
         if not runtime.loaded and runtime.stored_revocations is not None:
             runtime.reuse_stored_crl(runtime.stored_revocations, now)
             runtime.stored_revocations = None
@@ -639,6 +688,62 @@ class Engine:
         self.dirty_status.add(status_key)
         if next_at is not None:
             self._schedule(("td", name), max(next_at, now + timedelta(seconds=1)))
+
+    def _trust_domain_owner(self, trust_domain: str) -> str | None:
+        """A SPIFFE trust domain name has one owner: the oldest TrustDomain claiming it (then
+        the first by name). Every later claim is refused, so an impostor's anchors never reach
+        a bundle under that name."""
+        claims = sorted(
+            (str((body.get("metadata") or {}).get("creationTimestamp") or ""), name)
+            for name, body in self.td_bodies.items()
+            if str((body.get("spec") or {}).get("trustDomain", "")) == trust_domain
+        )
+        return claims[0][1] if claims else None
+
+    def _reschedule_claims(self, body: Mapping[str, Any] | None) -> None:
+        """Every TrustDomain claiming the same trust domain name as `body` looks again."""
+        if body is None:
+            return
+        trust_domain = str((body.get("spec") or {}).get("trustDomain", ""))
+        for name, other in self.td_bodies.items():
+            if str((other.get("spec") or {}).get("trustDomain", "")) == trust_domain:
+                self._schedule(("td", name))
+
+    async def _refuse_claim(
+        self,
+        name: str,
+        owner: str | None,
+        spec: TrustDomainSpec,
+        runtime: DomainRuntime | None,
+    ) -> None:
+        if runtime is None:
+            runtime = self.domains[name] = DomainRuntime(spec=spec)
+        newly = runtime.conflict != owner
+        runtime.spec = spec
+        runtime.conflict = owner or ""
+        runtime.ca_ready, runtime.ca_reason = False, "TrustDomainConflict"
+        runtime.ca_message = (
+            f"TrustDomain {name}: spec.trustDomain {spec.trust_domain!r} is already owned by "
+            f"TrustDomain {owner}, the older claim; this one is ignored: it issues nothing and "
+            "none of its anchors reach any bundle. Choose another spec.trustDomain, or delete "
+            "one of the two"
+        )
+        self.dirty_status.add(("td", "", name))
+        if newly:
+            self._mark_domain_bundles(runtime)
+            self._reschedule_domain_identities(name)
+            await self._event(
+                self._domain_ref(runtime), "Warning", "TrustDomainConflict", runtime.ca_message
+            )
+            owner_runtime = self.domains.get(owner or "")
+            if owner_runtime is not None:
+                await self._event(
+                    self._domain_ref(owner_runtime),
+                    "Warning",
+                    "TrustDomainConflict",
+                    f"TrustDomain {name} also claims spec.trustDomain {spec.trust_domain!r}, "
+                    f"which TrustDomain {owner} owns; the later claim is ignored",
+                )
 
     def _make_authority(self, runtime: DomainRuntime) -> Callable[[datetime], Authority]:
         spec = runtime.spec
@@ -1102,7 +1207,8 @@ class Engine:
             selector = runtime.spec.bundle_namespaces
             if selector is not None and selector.matches(labels):
                 chosen[runtime.name] = runtime
-        return sorted(chosen.values(), key=lambda r: r.name)
+        # A refused claim of a trust domain name publishes nothing, anywhere.
+        return sorted((r for r in chosen.values() if r.conflict is None), key=lambda r: r.name)
 
     def _desired_bundle(
         self, namespace: str, domains: Iterable[DomainRuntime]
@@ -1198,6 +1304,12 @@ class Engine:
                 "TrustDomainNotFound",
                 f"{spec.where}: spec.trustDomain names TrustDomain {spec.trust_domain_ref!r}, which does not exist; create it or fix the name",
             )
+        if runtime.conflict is not None:
+            return (
+                "TrustDomainConflict",
+                f"{spec.where}: spec.trustDomain names TrustDomain {runtime.name}, which is "
+                f"refused: {runtime.ca_message}",
+            )
         if not runtime.issues:
             return (
                 "TrustDomainCannotIssue",
@@ -1215,6 +1327,12 @@ class Engine:
                     "FederationNotFound",
                     f"{spec.where}: spec.federatesWith names TrustDomain {other!r}, which does not exist",
                 )
+            if federated.conflict is not None:
+                return (
+                    "TrustDomainConflict",
+                    f"{spec.where}: spec.federatesWith names TrustDomain {other}, which is "
+                    f"refused: {federated.ca_message}",
+                )
             if not self._allowed(federated, spec.namespace):
                 return (
                     "FederationNotAllowed",
@@ -1226,6 +1344,9 @@ class Engine:
                 "TrustDomainNotReady",
                 f"TrustDomain {runtime.name} has no active authority yet: {runtime.ca_message}",
             )
+        dns_problem = self._static_dns_problem(spec, runtime)
+        if dns_problem is not None:
+            return dns_problem
         cap = ttl_cap(runtime.spec.max_ttl, active.lifetime)
         if spec.ttl > cap:
             return (
@@ -1270,6 +1391,11 @@ class Engine:
         if isinstance(problem, tuple):
             self.wid_problems[key] = problem
             await self._event(self._wid_ref(spec), "Warning", *problem)
+            if spec.mode is DeliveryMode.SHARED and spec.secret_name:
+                await self._revoke_without_replacement(spec, spec.secret_name, spec.uid)
+            else:
+                for pod_name in list(self.pods_by_wid.get(key, ())):
+                    self._schedule(("pod", namespace, pod_name))
             return
         self.wid_problems.pop(key, None)
         if spec.mode is DeliveryMode.SHARED:
@@ -1305,14 +1431,13 @@ class Engine:
                 await self._revoke_orphan(namespace, pod.secret_name, pod.uid)
             return
         ns_info = self.namespaces.get(namespace)
-        if (
-            ns_info is None
-            or not ns_info.injection_enabled
-            or not pod.identity
-            or not pod.secret_name
-        ):
-            return  # not opted in, or not injected: never touched
+        if ns_info is None or not ns_info.injection_enabled or not pod.identity:
+            return  # not opted in: never touched
         key = ("pod", namespace, name)
+        if not self._admitted(pod):
+            await self._refuse_unadmitted(pod, key)
+            return
+        assert pod.secret_name is not None
         spec = self.wids.get((namespace, pod.identity))
         if spec is None or spec.mode is not DeliveryMode.PER_POD:
             self.failures[key] = Failure(
@@ -1329,6 +1454,7 @@ class Engine:
         if isinstance(problem, tuple):
             self.failures[key] = Failure(*problem)
             self.dirty_status.add(("wid", namespace, spec.name))
+            await self._revoke_without_replacement(spec, pod.secret_name, pod.uid)
             return
         context = TemplateContext(
             namespace=namespace,
@@ -1352,6 +1478,64 @@ class Engine:
         await self._converge_leaf(target, per_pod=True)
         self.dirty_status.add(("wid", namespace, spec.name))
 
+    async def _revoke_without_replacement(
+        self, spec: WorkloadIdentitySpec, secret_name: str, owner_uid: str
+    ) -> None:
+        """`trustwarden revoke` must work even while an identity cannot be issued (e.g. its
+        namespace left the domain's allowedNamespaces): revoke what trustwarden issued into
+        the Secret; no replacement can be issued until the problem is fixed."""
+        observed = self.secrets.get((spec.namespace, secret_name))
+        if observed is None or observed.revoke_request is None or observed.facts is None:
+            return
+        if self._revoke_current(observed, owner_uid, "Emergency") is not None:
+            await self._event(
+                self._wid_ref(spec),
+                "Warning",
+                "Revoked",
+                f"serial {observed.facts.serial_hex} in Secret {spec.namespace}/{secret_name} "
+                f"revoked on request: {observed.revoke_request[:256]}; no replacement is issued "
+                "until the identity's problem is fixed",
+            )
+
+    def _admitted(self, pod: PodInfo) -> bool:
+        """Whether trustwarden's webhook admitted this pod with the Secret it names: the
+        admission tag verifies for (namespace, identity, Secret). A pod admitted before tags
+        existed passes only if trustwarden already issued into that Secret for this very pod
+        (its ledger says so); labels, annotations and volumes alone never choose anything."""
+        if pod.secret_name is None or pod.identity is None:
+            return False
+        if pod.admission_tag is not None:
+            return self.config.admission_key.verify(
+                pod.admission_tag, pod.namespace, pod.identity, pod.secret_name
+            )
+        observed = self.secrets.get((pod.namespace, pod.secret_name))
+        return (
+            observed is not None
+            and observed.owned_by(pod.uid)
+            and bool(self.ledger.owned_by(pod.namespace, pod.uid))
+        )
+
+    async def _refuse_unadmitted(self, pod: PodInfo, key: Hashable) -> None:
+        why = (
+            "its trustwarden-svid volume does not mount the Secret the webhook named"
+            if pod.volume_mismatch
+            else "it carries no valid admission tag (created before the namespace opted in, "
+            "or labelled by hand)"
+        )
+        message = (
+            f"pod {pod.namespace}/{pod.name} was not admitted by trustwarden's injection "
+            f"webhook: {why}; it gets no certificate. Recreate it (e.g. kubectl rollout "
+            "restart) so the webhook injects its identity"
+        )
+        self.failures[key] = Failure("NotAdmitted", message)
+        self.dirty_status.add(("wid", pod.namespace, pod.identity or ""))
+        await self._event(
+            ObjectRef("v1", "Pod", pod.name, pod.namespace, pod.uid),
+            "Warning",
+            "NotAdmitted",
+            message,
+        )
+
     def _desired_leaf(self, target: LeafTarget) -> DesiredLeaf:
         spec = target.wid
         path = render_spiffe_path(spec.spiffe_template, target.context)
@@ -1360,6 +1544,8 @@ class Engine:
             if spec.dns_templates
             else ()
         )
+        if dns:
+            self._check_dns(spec, target.domain, dns)
         active = target.domain.active()
         assert active is not None
         return DesiredLeaf(
@@ -1370,6 +1556,52 @@ class Engine:
             usages=spec.usages,
             renew_at=spec.renew_at,
         )
+
+    def _check_dns(
+        self, spec: WorkloadIdentitySpec, runtime: DomainRuntime, names: Iterable[str]
+    ) -> None:
+        info = self.namespaces.get(spec.namespace)
+        check_dns_names(
+            names,
+            namespace=spec.namespace,
+            labels=info.labels if info is not None else {},
+            grants=runtime.spec.allowed_dns_names,
+            cluster_domain=self.config.cluster_domain,
+            where=spec.where,
+            domain=runtime.name,
+        )
+
+    def _static_dns_problem(
+        self, spec: WorkloadIdentitySpec, runtime: DomainRuntime
+    ) -> tuple[str, str] | None:
+        """DNS names that do not depend on a pod are judged once per identity, so a refused
+        name shows on the WorkloadIdentity before any pod exists."""
+        pod_free = {"namespace", "name", "trustDomain"}
+        static = []
+        for template in spec.dns_templates:
+            try:
+                if template_variables(template) <= pod_free:
+                    static.append(template)
+            except PKIError:
+                continue  # reported as InvalidTemplate when rendered
+        if not static:
+            return None
+        context = TemplateContext(
+            namespace=spec.namespace,
+            name=spec.name,
+            service_account=spec.service_account,
+            trust_domain=runtime.trust_domain,
+            pod_name=None,
+            pod_uid=None,
+            pod_labels=None,
+        )
+        try:
+            self._check_dns(spec, runtime, render_dns_names(static, context))
+        except DNSNameNotAllowed as exc:
+            return exc.reason, exc.message
+        except PKIError:
+            return None
+        return None
 
     def _ca_pem_for(self, spec: WorkloadIdentitySpec, runtime: DomainRuntime) -> bytes:
         """The anchors a workload's ca.crt holds: its domain's plus its federatesWith. Cached
@@ -1394,6 +1626,15 @@ class Engine:
         now = self.clock()
         try:
             desired = self._desired_leaf(target)
+        except DNSNameNotAllowed as exc:
+            self.failures[target.key] = Failure(exc.reason, exc.message)
+            if not per_pod:
+                self.wid_problems[(target.wid.namespace, target.wid.name)] = (
+                    exc.reason,
+                    exc.message,
+                )
+            await self._event(self._wid_ref(target.wid), "Warning", exc.reason, exc.message)
+            return
         except PKIError as exc:
             reason = "InvalidTemplate"
             self.failures[target.key] = Failure(reason, f"{target.wid.where}: {exc}")
@@ -1418,13 +1659,25 @@ class Engine:
             # Emergency revocation requested (trustwarden revoke): the serial goes into the CRL
             # now, and the workload gets a fresh key and certificate in the same Secret.
             reason = observed.revoke_request[:256] or "requested"
-            if self._revoke_facts(facts, "Emergency"):
+            if self._revoke_current(observed, target.owner.uid, "Emergency") is not None:
                 await self._event(
                     self._wid_ref(target.wid),
                     "Warning",
                     "Revoked",
                     f"serial {facts.serial_hex if facts else '?'} in Secret {target.namespace}/"
                     f"{target.secret_name} revoked on request: {reason}; issuing a replacement",
+                )
+            else:
+                # Whatever the Secret holds now was not issued by trustwarden to this owner (an
+                # edited or foreign certificate): it is never revoked on anyone's behalf.
+                await self._event(
+                    self._wid_ref(target.wid),
+                    "Warning",
+                    "RevocationRefused",
+                    f"Secret {target.namespace}/{target.secret_name} asks for revocation, but "
+                    f"the certificate it holds (serial {facts.serial_hex if facts else 'none'}) "
+                    f"is not one trustwarden issued to {target.owner.kind} {target.owner.name}; "
+                    "nothing was revoked. Issuing a replacement",
                 )
             decision = RenewalDecision(
                 RenewalAction.renew, RenewalReason.Tampered, f"revoked: {reason}", now
@@ -1452,6 +1705,8 @@ class Engine:
             assert observed is not None
             if observed.ca_sha256 != hashlib.sha256(ca_pem).hexdigest():
                 await self._refresh_ca(target, ca_pem)
+            else:
+                await self._restore_metadata(target, observed, desired, now)
             self._schedule(target.key, decision.at)
             return
         # A repair: our Secret was edited, or deleted after we wrote it. If something keeps
@@ -1568,43 +1823,22 @@ class Engine:
             backdate=desired.backdate,
         )
         owner = target.owner
-        body: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "kubernetes.io/tls",
-            "metadata": {
-                "name": target.secret_name,
-                "namespace": target.namespace,
-                "labels": {MANAGED_BY: MANAGER, IDENTITY_LABEL: target.wid.name},
-                "finalizers": [
-                    *(
-                        f
-                        for f in (observed.finalizers if observed else ())
-                        if f != REVOKE_FINALIZER
-                    ),
-                    REVOKE_FINALIZER,
-                ],
-                "annotations": {
-                    **leaf.annotations(),
-                    "trustwarden.io/trust-domain": target.domain.trust_domain,
-                    "trustwarden.io/issuer": authority.sha256,
-                    "trustwarden.io/owner": target.wid.owner,
-                    RENEW_AT_ANNOTATION: to_rfc3339(renew_at),
-                },
-                "ownerReferences": [
-                    {
-                        "apiVersion": owner.api_version,
-                        "kind": owner.kind,
-                        "name": owner.name,
-                        "uid": owner.uid,
-                        "controller": True,
-                        "blockOwnerDeletion": False,
-                    }
-                ],
-            },
-            "data": {k: _b64(v) for k, v in leaf.secret_data(ca_pem).items()},
-        }
         facts = leaf.to_facts(authority)
+        metadata = svid_metadata(
+            namespace=target.namespace,
+            name=target.secret_name,
+            identity=target.wid.name,
+            owner=owner,
+            annotations=leaf_annotations(
+                facts,
+                trust_domain=target.domain.trust_domain,
+                issuer_sha256=authority.sha256,
+                owner=target.wid.owner,
+                renew_at=renew_at,
+            ),
+            finalizers=observed.finalizers if observed else (),
+        )
+        body = svid_secret(metadata, leaf.secret_data(ca_pem))
         secret_key = (target.namespace, target.secret_name)
         self._writing[secret_key] = SecretInfo.from_body(body, facts=facts)
         try:
@@ -1660,6 +1894,7 @@ class Engine:
             jitter_key=target.jitter_key,
             max_jitter_fraction=self.config.max_jitter_fraction,
             expected_sha256=expected_sha256,
+            revoked=target.domain.revocations,
         )
 
     async def _write_secret(
@@ -1686,12 +1921,109 @@ class Engine:
                 self._create_conflicts.add(target.key)
                 self._schedule(target.key, now + timedelta(seconds=CREATE_CONFLICT_RECHECK))
                 return None
+            existing = await self.kube.get("Secret", target.namespace, target.secret_name)
+            owners = [
+                str(o.get("uid"))
+                for o in ((existing or {}).get("metadata") or {}).get("ownerReferences") or ()
+            ]
+            if existing is not None and target.owner.uid in owners:
+                # Ours, with its managed-by label stripped by hand (so our watch lost it):
+                # write it again, labels and all, instead of leaving its key unmanaged.
+                body["metadata"]["resourceVersion"] = str(
+                    (existing.get("metadata") or {}).get("resourceVersion") or ""
+                )
+                self._create_conflicts.discard(target.key)
+                return await self.kube.replace("Secret", target.namespace, target.secret_name, body)
             self._report_conflict(target, per_pod=per_pod)
             await self._conflict_event(target, per_pod=per_pod)
             self._schedule(target.key, now + timedelta(seconds=60))
             return None
         self._create_conflicts.discard(target.key)
         return written
+
+    def _expected_metadata(
+        self, target: LeafTarget, observed: SecretInfo, desired: DesiredLeaf
+    ) -> dict[str, Any] | None:
+        """The metadata trustwarden wrote with the certificate `observed` holds, if it issued
+        that certificate to this target's owner (else there is nothing to vouch for)."""
+        facts = observed.facts
+        if facts is None or facts.spiffe_id is None:
+            return None
+        entry = self.ledger.issued_to(target.namespace, facts.serial, (target.owner.uid,))
+        if entry is None:
+            return None
+        renew_at = renew_point(
+            facts,
+            desired.renew_at,
+            target.jitter_key,
+            self.config.max_jitter_fraction,
+            backdate=desired.backdate,
+        )
+        return svid_metadata(
+            namespace=target.namespace,
+            name=target.secret_name,
+            identity=target.wid.name,
+            owner=target.owner,
+            annotations=leaf_annotations(
+                facts,
+                trust_domain=target.domain.trust_domain,
+                issuer_sha256=entry.issuer_sha256,
+                owner=target.wid.owner,
+                renew_at=renew_at,
+            ),
+            finalizers=observed.finalizers,
+        )
+
+    async def _restore_metadata(
+        self, target: LeafTarget, observed: SecretInfo, desired: DesiredLeaf, now: datetime
+    ) -> None:
+        """Put back our labels, annotations, finalizer and owner if someone stripped them: a
+        Secret without its finalizer could vanish before its serial is revoked, and one without
+        its labels would fall out of our watch and never be released."""
+        expected = self._expected_metadata(target, observed, desired)
+        if expected is None or metadata_digest(expected) == observed.meta_digest:
+            return
+        delay = self._repair_backoff(target.key, now)
+        if delay is not None:
+            self.failures[target.key] = Failure(
+                "SecretFight",
+                f"the metadata of Secret {target.namespace}/{target.secret_name} keeps being "
+                f"changed by something else; restoring it again in {delay:.0f}s",
+            )
+            self.metrics.errors.labels(reason="SecretFight").inc()
+            await self._event(
+                self._wid_ref(target.wid),
+                "Warning",
+                "SecretFight",
+                self.failures[target.key].message,
+            )
+            self._schedule(target.key, now + timedelta(seconds=delay))
+            return
+        current = await self.kube.get("Secret", target.namespace, target.secret_name)
+        if current is None or str((current.get("metadata") or {}).get("uid")) != observed.uid:
+            return  # gone or replaced meanwhile: the watch brings the news
+        meta = current.get("metadata") or {}
+        body = {
+            **current,
+            "metadata": {
+                **meta,
+                **expected,
+                "labels": {**(meta.get("labels") or {}), **expected["labels"]},
+                "annotations": {**(meta.get("annotations") or {}), **expected["annotations"]},
+                "resourceVersion": str(observed.resource_version),
+            },
+        }
+        written = await self.kube.replace("Secret", target.namespace, target.secret_name, body)
+        self.secrets[(target.namespace, target.secret_name)] = SecretInfo.from_body(
+            written, facts=observed.facts
+        )
+        await self._event(
+            self._wid_ref(target.wid),
+            "Warning",
+            "MetadataRestored",
+            f"Secret {target.namespace}/{target.secret_name} had trustwarden's labels, "
+            "annotations, finalizer or owner reference changed; restored them",
+        )
 
     async def _refresh_ca(self, target: LeafTarget, ca_pem: bytes) -> None:
         """The anchors changed (a prepared authority, federation): update ca.crt only.
@@ -1716,18 +2048,23 @@ class Engine:
 
     # ------------------------------------------------------------------ revocation
 
-    def _domain_of(self, facts: LeafFacts) -> DomainRuntime | None:
-        if facts.spiffe_id is None:
-            return None
-        for runtime in self.domains.values():
-            if runtime.trust_domain == facts.spiffe_id.trust_domain and runtime.issues:
-                return runtime
-        return None
+    # A certificate found in a Secret is never evidence of anything: a tenant can write any
+    # bytes into its own Secrets, including a look-alike (or a verbatim copy, leaves are public)
+    # of another namespace's certificate. Only what trustwarden itself recorded when it issued
+    # (the ledger, kept in memory at once and persisted in batches) is revoked, and only on
+    # behalf of the owner it was issued to.
 
     def _revoke(
-        self, runtime: DomainRuntime, serial: int, issuer: str, not_after: datetime, reason: str
+        self,
+        runtime: DomainRuntime,
+        serial: int,
+        issuer: str,
+        not_after: datetime,
+        reason: str,
+        *,
+        namespace: str = "",
     ) -> bool:
-        if runtime.revoke(serial, issuer, not_after, self.clock(), reason):
+        if runtime.revoke(serial, issuer, not_after, self.clock(), reason, namespace=namespace):
             self.metrics.revoked.labels(trust_domain=runtime.trust_domain, reason=reason).inc()
             self.dirty_revocations.add(runtime.name)
             self._mark_domain_bundles(runtime)
@@ -1735,41 +2072,64 @@ class Engine:
             return True
         return False
 
-    def _revoke_facts(self, facts: LeafFacts | None, reason: str) -> bool:
-        if facts is None:
-            return False
-        runtime = self._domain_of(facts)
+    def _revoke_entry(self, namespace: str, entry: LedgerEntry, reason: str) -> str | None:
+        """Revoke one serial trustwarden issued; the TrustDomain it went into, if any."""
+        runtime = self.domains.get(entry.domain)
         if runtime is None:
-            return False
-        issuer = self._issuer_of(facts, runtime)
-        if issuer is None:
-            return False
-        return self._revoke(runtime, facts.serial, issuer, facts.not_after, reason)
+            return None
+        if self._revoke(
+            runtime,
+            entry.serial,
+            entry.issuer_sha256,
+            entry.not_after,
+            reason,
+            namespace=namespace,
+        ):
+            owner = self._keys_by_uid.get(entry.owner_uid)
+            if owner is not None:
+                self._schedule(owner)  # a live owner gets a fresh certificate now
+        return runtime.name
 
-    @staticmethod
-    def _issuer_of(facts: LeafFacts, runtime: DomainRuntime) -> str | None:
-        """The fingerprint of the authority that signed the leaf, as annotated or as found."""
-        if facts.issuer_sha256 is not None or runtime.authorities is None:
-            return facts.issuer_sha256
-        return next(
-            (r.sha256 for r in runtime.authorities.records if facts.issued_by(r.authority)),
-            None,
-        )
-
-    def _revoke_owner(self, namespace: str, owner_uid: str, reason: str) -> int:
-        """Revoke every ledger serial of a dead owner: current and superseded ones alike."""
+    def _revoke_owner(self, namespace: str, owner_uid: str, reason: str) -> set[str]:
+        """Revoke every ledger serial of a dead owner, current and superseded ones alike; the
+        TrustDomains whose revocation lists now hold them."""
+        domains: set[str] = set()
         revoked = []
         for entry in self.ledger.owned_by(namespace, owner_uid):
-            runtime = self.domains.get(entry.domain)
-            if runtime is not None:
-                self._revoke(runtime, entry.serial, entry.issuer_sha256, entry.not_after, reason)
+            domain = self._revoke_entry(namespace, entry, reason)
+            if domain is not None:
+                domains.add(domain)
             revoked.append(entry.serial)
         self.ledger.forget(namespace, revoked)
-        return len(revoked)
+        return domains
+
+    def _revoke_current(self, info: SecretInfo, owner_uid: str, reason: str) -> str | None:
+        """Revoke the certificate a Secret holds, if trustwarden issued exactly that serial to
+        `owner_uid` in that namespace. Anything else in the Secret is ignored."""
+        facts = info.facts
+        if facts is None:
+            return None
+        entry = self.ledger.issued_to(info.namespace, facts.serial, (owner_uid,))
+        if entry is None:
+            return None
+        domain = self._revoke_entry(info.namespace, entry, reason)
+        self.ledger.forget(info.namespace, [entry.serial])
+        return domain
+
+    def _issued_here(self, info: SecretInfo) -> LedgerEntry | None:
+        """The ledger entry of the certificate in `info`, if trustwarden issued it into this
+        namespace to one of the Secret's owners (what status counts and inventory trust)."""
+        if info.facts is None or not info.managed:
+            return None
+        return self.ledger.issued_to(info.namespace, info.facts.serial, info.owner_uids)
 
     def _domains_loaded(self) -> bool:
         return all(
-            (name in self.domains and self.domains[name].loaded) or name in self._invalid_domains
+            (
+                name in self.domains
+                and (self.domains[name].loaded or self.domains[name].conflict is not None)
+            )
+            or name in self._invalid_domains
             for name in self.td_bodies
         )
 
@@ -1780,30 +2140,47 @@ class Engine:
                 ("gone", namespace, secret_name, owner_uid), self.clock() + timedelta(seconds=1)
             )
             return
+        self._departed.pop((namespace, secret_name), None)
+        domains = self._revoke_owner(namespace, owner_uid, "PodDeleted")
         observed = self.secrets.get((namespace, secret_name))
-        departed = self._departed.pop((namespace, secret_name), None)
-        if departed is not None and departed.owned_by(owner_uid):
-            self._revoke_facts(departed.facts, "PodDeleted")
-        if observed is not None and observed.owned_by(owner_uid):
-            self._revoke_facts(observed.facts, "PodDeleted")
-            await self._delete_issued(observed)
-        self._revoke_owner(namespace, owner_uid, "PodDeleted")
+        if observed is None:
+            # Not in our label-filtered cache: its managed-by label may have been removed by
+            # hand. It still holds a private key and our finalizer would keep it terminating
+            # for ever, so look it up and finish it if it is the one we issued to this owner.
+            observed = await self._lookup_issued(namespace, secret_name, owner_uid)
+        if observed is not None and observed.owner_uids and owner_uid in observed.owner_uids:
+            await self._delete_issued(observed, domains)
+
+    async def _lookup_issued(self, namespace: str, name: str, owner_uid: str) -> SecretInfo | None:
+        body = await self.kube.get("Secret", namespace, name)
+        if body is None:
+            return None
+        info = SecretInfo.from_body(body)
+        if owner_uid not in info.owner_uids or REVOKE_FINALIZER not in info.finalizers:
+            return None  # not one trustwarden issued to this owner: never touched
+        self.secrets[(namespace, name)] = info
+        return info
 
     async def _revoke_identity_secrets(
         self, namespace: str, name: str, spec: WorkloadIdentitySpec | None
     ) -> None:
+        owners = {spec.uid} if spec is not None and spec.uid else set()
         for (ns, secret_name), info in list(self.secrets.items()):
             if ns != namespace or not info.managed or info.identity != name:
                 continue
-            if self._revoke_facts(info.facts, "IdentityDeleted"):
-                log.info("revoked %s/%s: WorkloadIdentity %s deleted", ns, secret_name, name)
+            domains: set[str] = set()
             for uid in info.owner_uids:
-                self._revoke_owner(ns, uid, "IdentityDeleted")
-            await self._delete_issued(info)
+                domains |= self._revoke_owner(ns, uid, "IdentityDeleted")
+            if domains:
+                log.info("revoked %s/%s: WorkloadIdentity %s deleted", ns, secret_name, name)
+            await self._delete_issued(info, domains)
+        for uid in owners:  # a Shared identity whose Secret is already gone
+            self._revoke_owner(namespace, uid, "IdentityDeleted")
 
-    async def _delete_issued(self, info: SecretInfo) -> None:
-        """Delete a Secret whose serials were just revoked. One that carries REVOKE_FINALIZER
-        stays, terminating, until the revocation list holding them is stored (see _release)."""
+    async def _delete_issued(self, info: SecretInfo, revoked_into: set[str]) -> None:
+        """Delete a Secret whose serials were just revoked into `revoked_into`. One that carries
+        REVOKE_FINALIZER stays, terminating, until those revocation lists are stored (see
+        _release)."""
         key = (info.namespace, info.name)
         if not info.deleting:
             with contextlib.suppress(NotFoundError):
@@ -1812,20 +2189,24 @@ class Engine:
                     return
         if REVOKE_FINALIZER in info.finalizers:
             self.secrets[key] = replace(info, deleting=True)
+            if revoked_into:
+                self._revoked_for[key] = self._revoked_for.get(key, frozenset()) | revoked_into
             await self._release(*key)
         else:
             self.secrets.pop(key, None)
 
     async def _release(self, namespace: str, name: str) -> None:
         """A Secret we issued is being deleted (by us, the garbage collector, or a person) and
-        our finalizer holds it. Revoke what it carries unless its owner still lives (a hand
-        deletion: the owner just gets a fresh one), and let it go once that revocation is in
-        the stored revocation list, so not even a crash right now can lose it."""
+        our finalizer holds it. Revoke what trustwarden issued to its owner unless that owner
+        still lives (a hand deletion: the owner just gets a fresh one), and let it go once
+        those revocations are in the stored revocation lists, so not even a crash right now can
+        lose them."""
         key = (namespace, name)
         info = self.secrets.get(key)
         if info is None or not info.held:
             self._held.pop(key, None)
             self._persisted.discard(key)
+            self._revoked_for.pop(key, None)
             return
         if key in self._persisted:
             self._persisted.discard(key)
@@ -1839,14 +2220,27 @@ class Engine:
         if not self._domains_loaded():
             self._schedule(("release", *key), self.clock() + timedelta(seconds=1))
             return
+        waiting = set(self._revoked_for.pop(key, frozenset()))
         facts = info.facts
-        runtime = self._domain_of(facts) if facts is not None else None
-        if facts is not None and runtime is not None:
-            if facts.serial not in runtime.revocations and not await self._owner_lives(info):
-                self._revoke_facts(facts, "OwnerDeleted")
-            if facts.serial in runtime.revocations:
-                self._held[key] = runtime.name  # flush() moves it on once stored
-                return
+        if facts is not None and self.ledger.entry(namespace, facts.serial) is None:
+            # Issued just before a crash, ahead of the batched ledger write: record it if its
+            # contents prove it is ours (see _verified_issuance), so it is revoked below.
+            entry = self._verified_issuance(info)
+            if entry is not None:
+                self.ledger.record(namespace, entry)
+        issued = any(self.ledger.owned_by(namespace, uid) for uid in info.owner_uids)
+        if issued and not await self._owner_lives(info):
+            for uid in info.owner_uids:
+                waiting |= self._revoke_owner(namespace, uid, "OwnerDeleted")
+        if info.facts is not None:
+            # Revoked earlier (an emergency revocation, then a deletion): still wait for the
+            # list that holds it. Serials are random 159-bit numbers, so a copy of another
+            # namespace's revoked serial only makes this Secret wait for that list's flush.
+            serial = info.facts.serial
+            waiting |= {d.name for d in self.domains.values() if serial in d.revocations}
+        if waiting:
+            self._held[key] = frozenset(waiting)  # flush() moves it on once they are stored
+            return
         self._persisted.add(key)
         await self._release(namespace, name)
 
@@ -1869,9 +2263,28 @@ class Engine:
         if not self._domains_loaded():
             self._schedule(("catchup",), self.clock() + timedelta(seconds=1))
             return
+        opns = self.config.operator_namespace
+        # A serial written just before a crash, ahead of the batched ledger write, lives only
+        # in its Secret, which the garbage collector removes with the pod even while we are
+        # down. Record every live Secret's certificate that trustwarden provably issued there
+        # (signed by one of the domain's authorities, for an identity of that very namespace
+        # the domain allows), before anything below revokes by the ledger.
+        backfilled = 0
+        for (ns, _), info in self.secrets.items():
+            if not info.managed or ns == opns or info.facts is None or not info.owner_uids:
+                continue
+            if self.ledger.entry(ns, info.facts.serial) is not None:
+                continue
+            entry = self._verified_issuance(info)
+            if entry is not None:
+                self.ledger.record(ns, entry)
+                backfilled += 1
+        if backfilled:
+            log.info("recorded %d serial(s) missing from the issuance ledger", backfilled)
+            self._ledger_flushed_at = None
         live = {pod.uid for pod in self.pods.values()} | {spec.uid for spec in self.wids.values()}
         for (ns, name), info in list(self.secrets.items()):
-            if not info.managed or ns == self.config.operator_namespace or not info.identity:
+            if not info.managed or ns == opns or not info.identity:
                 continue
             owners = set(info.owner_uids)
             if owners and not owners & live:
@@ -1879,7 +2292,6 @@ class Engine:
                     await self._revoke_orphan(ns, name, uid)
         # A WorkloadIdentity deleted while we were down: its per-pod Secrets are owned by pods
         # that still run, so the loop above keeps them; revoke them as the deletion would have.
-        opns = self.config.operator_namespace
         deleted_identities = {
             (ns, info.identity)
             for (ns, _), info in self.secrets.items()
@@ -1891,37 +2303,45 @@ class Engine:
             await self._revoke_identity_secrets(ns, identity, None)
         dead = {(ns, e.owner_uid) for ns, e in self.ledger.all() if e.owner_uid not in live}
         for ns, uid in dead:
-            count = self._revoke_owner(ns, uid, "OwnerDeletedWhileDown")
+            domains = self._revoke_owner(ns, uid, "OwnerDeletedWhileDown")
             log.info(
-                "revoked %d serial(s) of %s in %s, deleted while the operator was down",
-                count,
+                "revoked the serial(s) of %s in %s (into %s), deleted while the operator was down",
                 uid,
                 ns,
+                ", ".join(sorted(domains)) or "no live domain",
             )
-        # A serial written just before a crash, ahead of the batched ledger write, lives only
-        # in its Secret, which the garbage collector removes with the pod even while we are
-        # down. Put every live Secret's serial in the ledger and persist it at the next flush.
-        backfilled = 0
-        for (ns, _), info in self.secrets.items():
-            facts = info.facts
-            if not info.managed or ns == opns or facts is None or not info.owner_uids:
-                continue
-            if facts.serial in self.ledger.entries.get(ns, {}):
-                continue
-            runtime = self._domain_of(facts)
-            issuer = self._issuer_of(facts, runtime) if runtime is not None else None
-            if runtime is None or issuer is None:
-                continue
-            self.ledger.record(
-                ns,
-                LedgerEntry(
-                    facts.serial, info.owner_uids[0], facts.not_after, runtime.name, issuer
-                ),
-            )
-            backfilled += 1
-        if backfilled:
-            log.info("recorded %d serial(s) missing from the issuance ledger", backfilled)
-            self._ledger_flushed_at = None
+
+    def _verified_issuance(self, info: SecretInfo) -> LedgerEntry | None:
+        """The ledger entry for the certificate in a managed Secret, if its contents prove that
+        trustwarden issued it to that namespace: the signature verifies against an authority of
+        the domain that owns its trust domain name, its SPIFFE ID is under /ns/<namespace>/,
+        and the domain allows the namespace. A copy of another namespace's certificate fails
+        the path check; a look-alike fails the signature."""
+        facts = info.facts
+        if facts is None or facts.spiffe_id is None or facts.not_after <= self.clock():
+            return None
+        runtime = self._owning_domain(facts.spiffe_id.trust_domain)
+        if runtime is None or runtime.authorities is None:
+            return None
+        if not facts.spiffe_id.path.startswith(f"/ns/{info.namespace}/"):
+            return None
+        if not self._allowed(runtime, info.namespace):
+            return None
+        issuer = next(
+            (r for r in runtime.authorities.records if facts.signed_by(r.authority)), None
+        )
+        if issuer is None:
+            return None
+        return LedgerEntry(
+            facts.serial, info.owner_uids[0], facts.not_after, runtime.name, issuer.sha256
+        )
+
+    def _owning_domain(self, trust_domain: str) -> DomainRuntime | None:
+        """The issuing TrustDomain that owns a SPIFFE trust domain name (the oldest claim)."""
+        for runtime in self.domains.values():
+            if runtime.trust_domain == trust_domain and runtime.issues and not runtime.conflict:
+                return runtime
+        return None
 
     # ------------------------------------------------------------------ flushing
 
@@ -1945,8 +2365,8 @@ class Engine:
                     raise
         # Held Secrets whose serials are now stored may go (a domain revoked into since this
         # flush began is dirty again and waits for the next one).
-        for key, domain in list(self._held.items()):
-            if domain not in self.dirty_revocations:
+        for key, domains in list(self._held.items()):
+            if not domains & self.dirty_revocations:
                 del self._held[key]
                 self._persisted.add(key)
                 self._schedule(("release", *key))
@@ -1978,7 +2398,12 @@ class Engine:
         pending = list(self.dirty_bundles)
         self.dirty_bundles.clear()
         for runtime in self.domains.values():
-            if runtime.issues and runtime.loaded and runtime.authorities is not None:
+            if (
+                runtime.issues
+                and runtime.loaded
+                and runtime.conflict is None
+                and runtime.authorities is not None
+            ):
                 runtime.crl(self.clock())  # rebuild once here if due, not per namespace
         for namespace in pending:
             try:
@@ -2019,6 +2444,27 @@ class Engine:
             exists=runtime.revocations_exist,
         )
         runtime.revocations_exist = True
+        await self._note_revocation_load(runtime)
+
+    async def _note_revocation_load(self, runtime: DomainRuntime) -> None:
+        """Say, long before the 1 MiB limit, that a domain's revocation list is growing large:
+        metric always, condition (via status) and an Event when it crosses into degraded."""
+        load = runtime.revocation_load()
+        was_degraded = runtime.last_load is not None and runtime.last_load.degraded
+        runtime.last_load = load
+        self.metrics.revocation_entries.labels(trust_domain=runtime.trust_domain).set(load.entries)
+        self.metrics.revocation_store_ratio.labels(trust_domain=runtime.trust_domain).set(
+            load.fraction
+        )
+        if load.degraded != was_degraded:
+            self.dirty_status.add(("td", "", runtime.name))
+        if load.degraded and not was_degraded:
+            await self._event(
+                self._domain_ref(runtime),
+                "Warning",
+                "RevocationListLarge",
+                load.message(runtime.name),
+            )
 
     async def _status_loop(self) -> None:
         while True:
@@ -2108,16 +2554,18 @@ class Engine:
         now, counted from the managed Secrets we see (not a per-process issuance counter,
         which restarted at 0 and counted renewals too)."""
         now = self.clock()
-        return sum(
-            1
-            for info in self.secrets.values()
-            if info.managed
-            and not info.deleting
-            and info.facts is not None
-            and info.facts.spiffe_id is not None
-            and info.facts.spiffe_id.trust_domain == runtime.trust_domain
-            and info.facts.not_before <= now < info.facts.not_after
-        )
+        count = 0
+        for info in self.secrets.values():
+            if info.deleting or info.facts is None:
+                continue
+            entry = self._issued_here(info)  # only what trustwarden issued there counts
+            if (
+                entry is not None
+                and entry.domain == runtime.name
+                and self._allowed(runtime, info.namespace)  # a namespace that left: not counted
+            ):
+                count += info.facts.not_before <= now < info.facts.not_after
+        return count
 
     def _domain_status(self, name: str) -> dict[str, Any] | None:
         body = self.td_bodies.get(name)
@@ -2170,6 +2618,19 @@ class Engine:
                     "Ready" if runtime.ca_ready else runtime.ca_reason,
                     runtime.ca_message,
                 )
+            load = runtime.last_load
+            if load is not None and load.degraded:
+                self._set_condition(
+                    status_key, "Degraded", True, "RevocationListLarge", load.message(name)
+                )
+            elif runtime.issues:
+                self._set_condition(
+                    status_key,
+                    "Degraded",
+                    False,
+                    "AsExpected",
+                    f"{len(runtime.revocations)} revoked serial(s) inside their validity",
+                )
             status["namespaces"] = len(namespaces)
             status["issued"] = self._valid_svids(runtime)
             status["revoked"] = len(runtime.revocations)
@@ -2211,20 +2672,28 @@ class Engine:
         next_renewal: datetime | None = None
         first_failure: Failure | None = None
         now = self.clock()
-        targets: list[tuple[Hashable, str | None]] = []
+        targets: list[tuple[Hashable, str | None, str]] = []
         if spec is not None and spec.mode is DeliveryMode.SHARED:
-            targets.append((("wid", namespace, name), spec.secret_name))
+            targets.append((("wid", namespace, name), spec.secret_name, spec.uid))
             status["secretName"] = spec.secret_name
         elif spec is not None:
             for pod_name in self.pods_by_wid.get(key, ()):
                 pod = self.pods.get((namespace, pod_name))
                 if pod is None or pod.deleting:
                     continue
-                targets.append((("pod", namespace, pod_name), pod.secret_name))
-        for work_key, secret_name in targets:
+                targets.append((("pod", namespace, pod_name), pod.secret_name, pod.uid))
+        for work_key, secret_name, owner_uid in targets:
             selected += 1
             info = self.secrets.get((namespace, secret_name or ""))
-            facts = info.facts if info is not None else None
+            # Only a certificate trustwarden issued to this very owner counts: a foreign Secret
+            # holding the name (SecretConflict) or an edited one says nothing about it.
+            facts = (
+                info.facts
+                if info is not None
+                and info.facts is not None
+                and self.ledger.issued_to(namespace, info.facts.serial, (owner_uid,))
+                else None
+            )
             failure = self.failures.get(work_key)
             if failure is not None:
                 failed += 1
@@ -2252,6 +2721,16 @@ class Engine:
             status["nextRenewal"] = to_rfc3339(next_renewal)
         if problem is not None:
             reason, message = problem
+            if issued and soonest is not None:
+                # Certificates issued before the problem (e.g. the namespace left the domain's
+                # allowedNamespaces) are kept until they expire, not revoked: a label typo
+                # must not cut a namespace off at once. Say so, and how to cut them off.
+                message += (
+                    f". {issued} certificate(s) issued earlier stay valid until they expire "
+                    f"(soonest {to_rfc3339(soonest)}) and are not renewed; run "
+                    f"`trustwarden revoke -n {namespace} --identity {name} --reason ... --no-wait` "
+                    "to cut them off now"
+                )
             self._set_condition(status_key, "Ready", False, reason, message)
             self._set_condition(status_key, "Degraded", True, reason, message)
         elif first_failure is not None:

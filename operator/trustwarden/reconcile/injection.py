@@ -7,8 +7,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from trustwarden.reconcile.admission import AdmissionKey
 from trustwarden.reconcile.model import DeliveryMode, WorkloadIdentitySpec
-from trustwarden.reconcile.observed import IDENTITY_LABEL, SECRET_ANNOTATION, SVID_VOLUME
+from trustwarden.reconcile.observed import (
+    ADMISSION_ANNOTATION,
+    IDENTITY_LABEL,
+    SECRET_ANNOTATION,
+    SVID_VOLUME,
+)
 
 MOUNT_PATH = "/var/run/secrets/trustwarden.io/"
 
@@ -38,6 +44,7 @@ def plan_injection(
     pod: Mapping[str, Any],
     identities: Iterable[WorkloadIdentitySpec],
     *,
+    key: AdmissionKey,
     name_factory: Callable[[str], str] = new_secret_name,
 ) -> InjectionPatch:
     meta = pod.get("metadata") or {}
@@ -64,7 +71,7 @@ def plan_injection(
     # Whatever a user wrote by hand in our label or annotation never chooses anything.
     strip_labels: dict[str, str | None] = {str(k): None for k in labels if k == IDENTITY_LABEL}
     strip_annotations: dict[str, str | None] = {
-        str(k): None for k in annotations if k == SECRET_ANNOTATION
+        str(k): None for k in annotations if k in (SECRET_ANNOTATION, ADMISSION_ANNOTATION)
     }
     if not matches:
         return InjectionPatch(labels=strip_labels, annotations=strip_annotations)
@@ -72,7 +79,10 @@ def plan_injection(
     secret_name = name_factory(identity.name)
     return InjectionPatch(
         labels={IDENTITY_LABEL: identity.name},
-        annotations={SECRET_ANNOTATION: secret_name},
+        annotations={
+            SECRET_ANNOTATION: secret_name,
+            ADMISSION_ANNOTATION: key.tag(namespace, identity.name, secret_name),
+        },
         identity=identity.name,
         secret_name=secret_name,
     )
@@ -153,9 +163,11 @@ def json_patch(pod: Mapping[str, Any], plan: InjectionPatch) -> JsonPatch:
     meta = pod.get("metadata") or {}
     ops = _map_ops("/metadata/labels", meta.get("labels"), plan.labels)
     ops += _map_ops("/metadata/annotations", meta.get("annotations"), plan.annotations)
-    if plan.secret_name is None:
-        return ops
     spec = pod.get("spec") or {}
+    if plan.secret_name is None:
+        # No identity for this pod: a hand-made volume of ours (and its mounts) goes, so it
+        # can never name the Secret trustwarden would write if the pod were labelled later.
+        return ops + _strip_ops(spec)
     ops += _list_ops(
         "/spec/volumes", spec.get("volumes"), svid_volume(plan.secret_name), _is_svid_volume
     )
@@ -167,4 +179,30 @@ def json_patch(pod: Mapping[str, Any], plan: InjectionPatch) -> JsonPatch:
                 svid_mount(),
                 _is_svid_mount,
             )
+    return ops
+
+
+def _strip_ops(spec: Mapping[str, Any]) -> JsonPatch:
+    ops: JsonPatch = []
+    for container_field in CONTAINER_FIELDS:
+        for index, container in enumerate(spec.get(container_field) or ()):
+            mounts = container.get("volumeMounts") if isinstance(container, Mapping) else None
+            if isinstance(mounts, list) and any(_is_svid_volume(m) for m in mounts):
+                kept = [m for m in mounts if not _is_svid_volume(m)]  # by name only
+                ops.append(
+                    {
+                        "op": "replace",
+                        "path": f"/spec/{container_field}/{index}/volumeMounts",
+                        "value": kept,
+                    }
+                )
+    volumes = spec.get("volumes")
+    if isinstance(volumes, list) and any(_is_svid_volume(v) for v in volumes):
+        ops.append(
+            {
+                "op": "replace",
+                "path": "/spec/volumes",
+                "value": [v for v in volumes if not _is_svid_volume(v)],
+            }
+        )
     return ops

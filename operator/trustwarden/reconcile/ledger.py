@@ -57,6 +57,21 @@ class Ledger:
         self.entries[namespace][entry.serial] = entry
         self.dirty.add(namespace)
 
+    def entry(self, namespace: str, serial: int) -> LedgerEntry | None:
+        """What trustwarden recorded when it issued `serial` into `namespace`, if it did."""
+        bucket = self.entries.get(namespace)
+        return bucket.get(serial) if bucket else None
+
+    def issued_to(
+        self, namespace: str, serial: int, owner_uids: Iterable[str]
+    ) -> LedgerEntry | None:
+        """The entry of `serial` if trustwarden issued it in `namespace` to one of `owner_uids`:
+        the only evidence that a certificate found in a Secret is that owner's."""
+        entry = self.entry(namespace, serial)
+        if entry is None or entry.owner_uid not in owner_uids:
+            return None
+        return entry
+
     def owned_by(self, namespace: str, owner_uid: str) -> list[LedgerEntry]:
         return [e for e in self.entries.get(namespace, {}).values() if e.owner_uid == owner_uid]
 

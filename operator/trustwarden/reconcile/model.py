@@ -18,6 +18,7 @@ from trustwarden.pki import durations, spiffe
 from trustwarden.pki.errors import PKIError
 from trustwarden.pki.issue import Usage
 from trustwarden.pki.keys import KeyAlgorithm
+from trustwarden.reconcile.dnspolicy import DNSGrant, validate_grant_pattern
 from trustwarden.reconcile.selectors import LabelSelector, SelectorError
 
 DEFAULT_SPIFFE_TEMPLATE = "/ns/{namespace}/sa/{serviceAccount}"
@@ -58,6 +59,7 @@ class TrustDomainSpec:
     max_ttl: timedelta = timedelta(hours=24)
     allowed_namespaces: LabelSelector = field(default_factory=LabelSelector)
     bundle_namespaces: LabelSelector | None = None
+    allowed_dns_names: tuple[DNSGrant, ...] = ()
     generation: int = 0
     uid: str = ""
 
@@ -118,9 +120,11 @@ class TrustDomainSpec:
             )
         except SelectorError as exc:
             raise SpecError("InvalidSelector", str(exc)) from exc
+        grants = _dns_grants(policy.get("allowedDNSNames"), f"{where}: spec.policy.allowedDNSNames")
         return cls(
             name=name,
             trust_domain=trust_domain,
+            allowed_dns_names=grants,
             ca_kind=kind,
             max_ttl=_duration(
                 policy.get("maxTTL", "24h"), f"{where}: spec.policy.maxTTL", MIN_LEAF_TTL
@@ -237,6 +241,35 @@ class WorkloadIdentitySpec:
             generation=int(meta.get("generation") or 0),
             uid=str(meta.get("uid", "")),
         )
+
+
+def _dns_grants(raw: Any, where: str) -> tuple[DNSGrant, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise SpecError("InvalidSpec", f"{where} must be a list of {{pattern, namespaceSelector}}")
+    grants = []
+    for index, item in enumerate(raw):
+        field = f"{where}[{index}]"
+        if not isinstance(item, Mapping) or "namespaceSelector" not in item:
+            raise SpecError(
+                "InvalidSpec",
+                f"{field} must set pattern and namespaceSelector ({{}} grants it to every "
+                "namespace; say so explicitly)",
+            )
+        try:
+            pattern = validate_grant_pattern(
+                str(item.get("pattern") or ""), field=f"{field}.pattern"
+            )
+            namespaces = LabelSelector.parse(
+                item.get("namespaceSelector"), f"{field}.namespaceSelector"
+            )
+        except SelectorError as exc:
+            raise SpecError("InvalidSelector", str(exc)) from exc
+        except ValueError as exc:
+            raise SpecError("InvalidSpec", str(exc)) from exc
+        grants.append(DNSGrant(pattern, namespaces))
+    return tuple(grants)
 
 
 def _duration(raw: Any, where: str, minimum: timedelta) -> timedelta:

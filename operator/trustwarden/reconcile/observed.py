@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,9 @@ MANAGER = "trustwarden"
 ANNOTATION_PREFIX = "trustwarden.io/"
 IDENTITY_LABEL = "trustwarden.io/identity"
 SECRET_ANNOTATION = "trustwarden.io/secret"
+# Written by the injection webhook beside SECRET_ANNOTATION: an HMAC that binds namespace,
+# identity and Secret name (reconcile/admission.py).
+ADMISSION_ANNOTATION = "trustwarden.io/admission"
 INJECT_LABEL = "trustwarden.io/inject"
 SVID_VOLUME = "trustwarden-svid"
 BUNDLE_CONFIGMAP = "trustwarden-bundle"
@@ -34,6 +38,25 @@ REVOKE_FINALIZER = "trustwarden.io/revoke"
 
 def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
     return body.get("metadata") or {}
+
+
+def metadata_digest(meta: Mapping[str, Any]) -> bytes:
+    """A digest of the metadata trustwarden sets on an SVID Secret and nothing else: our
+    labels, our finalizer, our annotations (but the revocation request) and the owners. Any
+    of it stripped or edited by hand changes the digest, and the operator restores it."""
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    ours = {
+        "labels": [labels.get(MANAGED_BY), labels.get(IDENTITY_LABEL)],
+        "finalizer": REVOKE_FINALIZER in (meta.get("finalizers") or ()),
+        "annotations": sorted(
+            (str(k), str(v))
+            for k, v in annotations.items()
+            if str(k).startswith(ANNOTATION_PREFIX) and k != REVOKE_ANNOTATION
+        ),
+        "owners": sorted(str(o.get("uid")) for o in meta.get("ownerReferences") or ()),
+    }
+    return hashlib.sha256(json.dumps(ours, sort_keys=True).encode()).digest()[:16]
 
 
 def resource_version(body: Mapping[str, Any]) -> int:
@@ -71,19 +94,26 @@ class PodInfo:
     labels: Mapping[str, str]
     service_account: str
     identity: str | None
-    secret_name: str | None  # from the injected volume: immutable after creation
+    # The Secret the webhook named at admission (SECRET_ANNOTATION), when the pod's volume
+    # (immutable after creation) mounts that very Secret; None otherwise.
+    secret_name: str | None
     deleting: bool
     resource_version: int
+    admission_tag: str | None = None  # ADMISSION_ANNOTATION, checked by the engine
+    volume_mismatch: bool = False  # a trustwarden-svid volume naming another Secret
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> PodInfo:
         meta = _meta(body)
         spec = body.get("spec") or {}
         labels = dict(meta.get("labels") or {})
-        secret_name = None
+        annotations = meta.get("annotations") or {}
+        volume_secret = None
         for volume in spec.get("volumes") or ():
             if volume.get("name") == SVID_VOLUME:
-                secret_name = (volume.get("secret") or {}).get("secretName")
+                volume_secret = (volume.get("secret") or {}).get("secretName")
+        annotated = annotations.get(SECRET_ANNOTATION)
+        secret_name = annotated if annotated and annotated == volume_secret else None
         return cls(
             namespace=str(meta.get("namespace")),
             name=str(meta.get("name")),
@@ -94,6 +124,8 @@ class PodInfo:
             secret_name=secret_name,
             deleting=bool(meta.get("deletionTimestamp")),
             resource_version=resource_version(body),
+            admission_tag=annotations.get(ADMISSION_ANNOTATION),
+            volume_mismatch=volume_secret is not None and secret_name is None,
         )
 
 
@@ -114,6 +146,7 @@ class SecretInfo:
     deleting: bool
     resource_version: int
     finalizers: tuple[str, ...] = ()
+    meta_digest: bytes = b""  # metadata_digest of what it carries now
 
     @classmethod
     def from_body(
@@ -168,6 +201,7 @@ class SecretInfo:
             deleting=bool(meta.get("deletionTimestamp")),
             resource_version=resource_version(body),
             finalizers=tuple(str(f) for f in meta.get("finalizers") or ()),
+            meta_digest=metadata_digest(meta) if parse_leaf else b"",
         )
 
     def owned_by(self, uid: str) -> bool:

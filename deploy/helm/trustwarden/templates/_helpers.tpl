@@ -123,11 +123,20 @@ ClusterRole (every namespace) or into one Role per watched namespace (watchNames
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
-# The trust bundle ConfigMap trustwarden-bundle: written when its content hash changes,
-# deleted when the namespace is no longer entitled to any anchors.
+# The trust bundle ConfigMap trustwarden-bundle. Creating cannot be limited to a name (RBAC
+# knows no name before the object exists), but a create never overwrites: a taken name answers
+# 409. kopf lists and watches only ConfigMaps labelled app.kubernetes.io/managed-by=trustwarden
+# (RBAC cannot restrict list/watch by label).
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "list", "watch", "create", "update", "delete"]
+  verbs: ["list", "watch", "create"]
+# Reading, rewriting (when its content hash changes) and deleting (when the namespace is no
+# longer entitled to any anchors) reach the bundle ConfigMap by name only: never
+# kube-root-ca.crt, extension-apiserver-authentication or any other ConfigMap.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  resourceNames: ["trustwarden-bundle"]
+  verbs: ["get", "update", "delete"]
 # Aggregated Events about WorkloadIdentities (issuance failures, rejected specs).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
