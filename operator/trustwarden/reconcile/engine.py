@@ -1535,6 +1535,9 @@ class Engine:
             "NotAdmitted",
             message,
         )
+        spec = self.wids.get((pod.namespace, pod.identity or ""))
+        if spec is not None:  # and where the identity's owner looks
+            await self._event(self._wid_ref(spec), "Warning", "NotAdmitted", message)
 
     def _desired_leaf(self, target: LeafTarget) -> DesiredLeaf:
         spec = target.wid
@@ -1926,6 +1929,14 @@ class Engine:
                 str(o.get("uid"))
                 for o in ((existing or {}).get("metadata") or {}).get("ownerReferences") or ()
             ]
+            if existing is not None and SecretInfo.from_body(existing).owned_by(target.owner.uid):
+                # Ours and still labelled: our watch is only late (a busy API server, or an
+                # earlier process wrote it just before it died). Take it as the watch would,
+                # and judge it as it is: never issue a second certificate for it.
+                self._create_conflicts.discard(target.key)
+                self.observe_secret(existing)
+                self._schedule(target.key, now)
+                return None
             if existing is not None and target.owner.uid in owners:
                 # Ours, with its managed-by label stripped by hand (so our watch lost it):
                 # write it again, labels and all, instead of leaving its key unmanaged.
