@@ -431,7 +431,7 @@ def test_a_pod_the_webhook_never_admitted_gets_no_secret() -> None:
         for name in ("chosen-1", "chosen-2", "chosen-3"):
             assert ("Secret", "shop", name) not in kube.objects
         assert ("Secret", "shop", "pods-svid-1") in kube.objects
-        refused = {e[0].name for e in kube.events if e[2] == "NotAdmitted"}
+        refused = {e[0].name for e in kube.events if e[2] == "NotAdmitted" and e[0].kind == "Pod"}
         assert refused == {"no-tag", "forged", "copied"}
 
     asyncio.run(scenario())
