@@ -1236,7 +1236,9 @@ class Engine:
             return
         domains = [d for d in self._entitled_domains(namespace) if d.anchors(self.clock())]
         if observed is not None and not observed.managed:
-            self.bundle_conflicts.add(namespace)
+            if namespace not in self.bundle_conflicts:
+                # Seen by the watch before we ever wrote: say so once, as when a create finds it.
+                await self._bundle_conflict(namespace, domains)
             return
         self.bundle_conflicts.discard(namespace)
         if not domains:
