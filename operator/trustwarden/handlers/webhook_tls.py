@@ -18,7 +18,6 @@ Secret, or its certificate about to expire, stops; Kubernetes restarts it with t
 from __future__ import annotations
 
 import base64
-import ipaddress
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,11 +25,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 
 from trustwarden.k8s.http import JSON_PATCH, ApiClient, ApiError
+from trustwarden.pki import signed_by
+from trustwarden.pki.serving import issue_serving_pair
 
 log = logging.getLogger("trustwarden.webhook")
 
@@ -49,54 +48,13 @@ class ServingCertificate:
     key_pem: bytes = field(repr=False)
 
 
-def make_serving_certificate(hosts: list[str], *, days: int = SERVING_DAYS) -> ServingCertificate:
-    now = datetime.now(UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trustwarden webhook CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            sans.append(x509.DNSName(host))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return ServingCertificate(
-        ca_pem=ca.public_bytes(serialization.Encoding.PEM),
-        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-        key_pem=key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
+def make_serving_certificate(
+    hosts: list[str], *, now: datetime | None = None, days: int = SERVING_DAYS
+) -> ServingCertificate:
+    """A new webhook CA and serving certificate for `hosts`, built by `pki` at `now` (the wall
+    clock when not given)."""
+    pair = issue_serving_pair(hosts, now=now or datetime.now(UTC), lifetime=timedelta(days=days))
+    return ServingCertificate(ca_pem=pair.ca_pem, cert_pem=pair.cert_pem, key_pem=pair.key_pem)
 
 
 # --- pure checks on a stored certificate -------------------------------------------------
@@ -128,11 +86,8 @@ def issuing_ca(serving: ServingCertificate) -> x509.Certificate | None:
     if not certs:
         return None
     for ca in _pem_certs(serving.ca_pem):
-        try:
-            certs[0].verify_directly_issued_by(ca)
-        except Exception:  # noqa: S112 - any failure means: not this CA
-            continue
-        return ca
+        if signed_by(certs[0], ca):
+            return ca
     return None
 
 
@@ -176,7 +131,7 @@ def rotated(
     previous: ServingCertificate | None, hosts: list[str], now: datetime
 ) -> ServingCertificate:
     """A new certificate whose bundle still trusts the previous, unexpired CA."""
-    fresh = make_serving_certificate(hosts)
+    fresh = make_serving_certificate(hosts, now=now)
     keep = b""
     if previous is not None:
         old_ca = issuing_ca(previous)

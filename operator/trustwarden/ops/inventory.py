@@ -15,7 +15,7 @@ from typing import Any
 
 from cryptography import x509
 
-from trustwarden.pki._x509util import serial_hex, sha256_hex
+from trustwarden.pki._x509util import serial_hex, sha256_hex, signed_by
 from trustwarden.pki.errors import PKIError
 from trustwarden.pki.spiffe import SpiffeID
 
@@ -295,14 +295,6 @@ def _state(
     return State.ok, ""
 
 
-def _signed_by(leaf: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        leaf.verify_directly_issued_by(issuer)
-    except Exception:  # any failure (signature, algorithm, names): not this issuer
-        return False
-    return True
-
-
 def _authority(
     leaf: x509.Certificate | None,
     annotations: Mapping[str, str],
@@ -315,7 +307,7 @@ def _authority(
     sha = str(annotations.get(ISSUER_ANNOTATION) or "").lower()
     if not sha and leaf is not None:
         for anchor in anchors:
-            if anchor.subject == leaf.issuer and _signed_by(leaf, anchor):
+            if anchor.subject == leaf.issuer and signed_by(leaf, anchor):
                 sha = sha256_hex(anchor)
                 break
     if not sha:

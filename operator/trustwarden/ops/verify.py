@@ -33,7 +33,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from trustwarden.pki._x509util import serial_hex, sha256_hex
+from trustwarden.pki._x509util import serial_hex, sha256_hex, signed_by
 from trustwarden.pki.errors import PKIError
 from trustwarden.pki.keys import key_algorithm_of, public_key_der
 from trustwarden.pki.spiffe import SpiffeID
@@ -130,17 +130,9 @@ def _direct_issuer(
     cert: x509.Certificate, candidates: Sequence[x509.Certificate]
 ) -> x509.Certificate | None:
     for candidate in candidates:
-        if candidate.subject == cert.issuer and _signed_by(cert, candidate):
+        if candidate.subject == cert.issuer and signed_by(cert, candidate):
             return candidate
     return None
-
-
-def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except Exception:  # any failure (signature, algorithm, names): not this issuer
-        return False
-    return True
 
 
 def _uses_eddsa(certs: Sequence[x509.Certificate]) -> bool:

@@ -6,6 +6,7 @@ cares about time takes ``now`` (a tz-aware UTC datetime), and randomness that ma
 (serials, keys) can be injected.
 """
 
+from ._x509util import signed_by
 from .bundle import (
     NamespaceBundle,
     NamespaceBundleInput,
@@ -162,6 +163,7 @@ __all__ = [
     "render_spiffe_id",
     "render_spiffe_path",
     "renew_point",
+    "signed_by",
     "spiffe_bundle_jwks",
     "trust_domain_uri",
     "ttl_cap",

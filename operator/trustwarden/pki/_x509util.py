@@ -140,22 +140,21 @@ def authority_key_id(cert: x509.Certificate) -> bytes | None:
     return aki.key_identifier
 
 
-def is_self_signed(cert: x509.Certificate) -> bool:
-    if cert.issuer != cert.subject:
+def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """True only when ``issuer`` names ``cert``'s issuer and its key verifies ``cert``'s
+    signature. The one check that counts as evidence: a look-alike that copies names and key
+    identifiers fails it."""
+    if cert.issuer != issuer.subject:
         return False
-    try:
-        cert.verify_directly_issued_by(cert)
-    except Exception:
-        return False
-    return True
-
-
-def directly_issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(issuer)
-    except Exception:
+    except Exception:  # any failure (signature, algorithm, names): not this issuer
         return False
     return True
+
+
+def is_self_signed(cert: x509.Certificate) -> bool:
+    return signed_by(cert, cert)
 
 
 def expired(cert: x509.Certificate, now: datetime) -> bool:

@@ -17,11 +17,11 @@ from ._x509util import (
     basic_constraints,
     cert_to_pem,
     describe,
-    directly_issued_by,
     is_self_signed,
     key_usage,
     load_certificates,
     serial_hex,
+    signed_by,
 )
 from .bundle import filter_anchors
 from .errors import (
@@ -324,7 +324,7 @@ def load_authority_from_pem(
             )
     for index in range(len(certs) - 1):
         child, parent = certs[index], certs[index + 1]
-        if child.issuer != parent.subject or not directly_issued_by(child, parent):
+        if child.issuer != parent.subject or not signed_by(child, parent):
             raise ChainError(
                 f"{source}: tls.crt certificate #{index + 1} ({describe(child)}) is not signed "
                 f"by certificate #{index + 2} ({describe(parent)}); order tls.crt from the "
@@ -343,7 +343,7 @@ def load_authority_from_pem(
         roots = load_certificates(
             root_pem, source=f"{source} ca.crt", max_certs=MAX_CHAIN_CERTS, what="root"
         )
-        candidates = [r for r in roots if r == top or directly_issued_by(top, r)]
+        candidates = [r for r in roots if r == top or signed_by(top, r)]
         if not candidates:
             raise ChainError(
                 f"{source}: tls.crt ends at {describe(top)}, which is neither a root in ca.crt "

@@ -24,11 +24,11 @@ from ._x509util import (
     CertificateValidity,
     authority_key_id,
     cert_to_pem,
-    directly_issued_by,
     is_ca,
     load_certificates,
     serial_hex,
     sha256_hex,
+    signed_by,
 )
 from .ca import ORGANIZATION, Authority, check_serial, new_serial
 from .errors import (
@@ -398,7 +398,7 @@ class LeafFacts:
         answer = self._issued_by_cache.get(key)
         if answer is None:
             leaf = self.certificate
-            answer = leaf.issuer == cert.subject and directly_issued_by(leaf, cert)
+            answer = signed_by(leaf, cert)
             self._issued_by_cache[key] = answer
         return answer
 
@@ -409,7 +409,7 @@ def _issued(leaf: x509.Certificate, aki: bytes | None, cert: x509.Certificate) -
     ski = _subject_key_id(cert)
     if aki is not None and ski is not None:
         return aki == ski
-    return directly_issued_by(leaf, cert)
+    return signed_by(leaf, cert)
 
 
 def _subject_key_id(cert: x509.Certificate) -> bytes | None:
