@@ -17,8 +17,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from trustwarden.names import REVOKE_ANNOTATION
 from trustwarden.ops.errors import ConflictError, CRDMissingError
-from trustwarden.ops.model import REVOKE_ANNOTATION
 from trustwarden.pki import (
     Authority,
     IssuedLeaf,

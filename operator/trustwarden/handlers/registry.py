@@ -19,10 +19,7 @@ from typing import Any
 import kopf
 
 from trustwarden.handlers.services import Services
-from trustwarden.reconcile.ledger import LEDGER_PREFIX
-from trustwarden.reconcile.observed import BUNDLE_CONFIGMAP
-
-GROUP, VERSION = "trustwarden.io", "v1alpha1"
+from trustwarden.names import BUNDLE_CONFIGMAP, GROUP, LEDGER_PREFIX, VERSION
 
 
 def _services(memo: Any) -> Services:

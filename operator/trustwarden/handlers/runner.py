@@ -33,9 +33,9 @@ from trustwarden.k8s.gateway import KubeGateway
 from trustwarden.k8s.http import ApiClient
 from trustwarden.k8s.leader import LeaderElector
 from trustwarden.metrics import Metrics
+from trustwarden.names import INJECT_LABEL, MANAGED_BY, MANAGER
 from trustwarden.reconcile.admission import ensure_key
 from trustwarden.reconcile.engine import Engine, EngineConfig
-from trustwarden.reconcile.observed import INJECT_LABEL, MANAGED_BY, MANAGER
 
 log = logging.getLogger("trustwarden")
 

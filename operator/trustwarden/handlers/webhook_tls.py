@@ -28,12 +28,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from trustwarden.k8s.http import JSON_PATCH, ApiClient, ApiError
+from trustwarden.names import DESCRIPTION_ANNOTATION, MANAGED_BY, MANAGER
 from trustwarden.pki import signed_by
 from trustwarden.pki.serving import issue_serving_pair
 
 log = logging.getLogger("trustwarden.webhook")
 
-MANAGED_BY, MANAGER = "app.kubernetes.io/managed-by", "trustwarden"
 SERVING_DAYS = 365
 # Rotate at start-up when less than this fraction of the lifetime is left.
 ROTATE_FRACTION = 1 / 3
@@ -189,7 +189,7 @@ class SharedServingCertificate:
             "namespace": self.namespace,
             "labels": {MANAGED_BY: MANAGER, "app.kubernetes.io/component": "webhook"},
             "annotations": {
-                "trustwarden.io/description": "serving certificate of the injection webhook, "
+                DESCRIPTION_ANNOTATION: "serving certificate of the injection webhook, "
                 "shared by every operator replica; delete it to force a new one"
             },
         }

@@ -17,6 +17,13 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from trustwarden.k8s.http import JSON_PATCH, MERGE_PATCH, ApiClient, ApiError
+from trustwarden.names import (
+    EVENT_REPORTER,
+    GROUP,
+    MANAGED_BY,
+    MANAGER,
+    VERSION,
+)
 from trustwarden.reconcile.ports import (
     Body,
     ConflictError,
@@ -29,8 +36,6 @@ from trustwarden.reconcile.ports import (
 log = logging.getLogger("trustwarden.k8s")
 T = TypeVar("T")
 
-GROUP = "trustwarden.io"
-VERSION = "v1alpha1"
 PLURALS = {"TrustDomain": "trustdomains", "WorkloadIdentity": "workloadidentities"}
 CORE_PLURALS = {"Secret": "secrets", "ConfigMap": "configmaps", "Pod": "pods"}
 MAX_ATTEMPTS = 8
@@ -261,10 +266,10 @@ class KubeGateway:
             "metadata": {
                 "name": f"{ref.name[:200]}.{uuid.uuid4().hex[:16]}",
                 "namespace": namespace,
-                "labels": {"app.kubernetes.io/managed-by": "trustwarden"},
+                "labels": {MANAGED_BY: MANAGER},
             },
             "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "reportingController": "trustwarden.io/operator",
+            "reportingController": EVENT_REPORTER,
             "reportingInstance": self.instance[:128],
             "action": reason[:128],
             "reason": reason[:128],

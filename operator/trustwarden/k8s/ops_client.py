@@ -17,6 +17,12 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from trustwarden.names import (
+    BUNDLE_CONFIGMAP,
+    GROUP,
+    VERSION,
+)
+from trustwarden.names import MANAGED_SELECTOR as BUNDLE_SELECTOR
 from trustwarden.ops.errors import (
     CRD_HINT,
     ConflictError,
@@ -26,11 +32,8 @@ from trustwarden.ops.errors import (
     OpsError,
     UnreachableError,
 )
-from trustwarden.ops.model import BUNDLE_CONFIGMAP, BUNDLE_SELECTOR
 from trustwarden.ops.port import Json
 
-GROUP = "trustwarden.io"
-VERSION = "v1alpha1"
 MERGE_PATCH = "application/merge-patch+json"
 PAGE = 500
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")

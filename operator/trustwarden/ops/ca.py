@@ -15,14 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from trustwarden.names import ACTIVATE_AFTER_ANNOTATION, BUNDLE_CONFIGMAP, ROTATE_ANNOTATION
 from trustwarden.pki._x509util import sha256_hex
 
 from .errors import UsageError
 from .format import Column, human_duration, render_table, rfc3339, short_time, truncate
 from .model import (
-    ACTIVATE_AFTER_ANNOTATION,
-    BUNDLE_CONFIGMAP,
-    ROTATE_ANNOTATION,
     Body,
     annotations_of,
     is_managed,

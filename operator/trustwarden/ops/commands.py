@@ -12,6 +12,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
+from trustwarden.names import (
+    BUNDLE_CONFIGMAP,
+    IDENTITY_LABEL,
+    MANAGED_BY,
+    MANAGER,
+    OPERATOR_NAMESPACE,
+    SECRET_SELECTOR,
+)
 from trustwarden.pki.durations import parse_duration
 from trustwarden.pki.errors import PKIError
 
@@ -29,17 +37,7 @@ from .errors import (
     UsageError,
 )
 from .format import human_duration, rfc3339, truncate
-from .model import (
-    BUNDLE_CONFIGMAP,
-    IDENTITY_LABEL,
-    MANAGED_BY,
-    MANAGER,
-    OPERATOR_NAMESPACE,
-    SECRET_SELECTOR,
-    annotations_of,
-    is_managed,
-    secret_bytes,
-)
+from .model import annotations_of, is_managed, secret_bytes
 from .port import OpsPort
 
 

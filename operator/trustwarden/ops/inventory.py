@@ -15,12 +15,8 @@ from typing import Any
 
 from cryptography import x509
 
-from trustwarden.pki._x509util import serial_hex, sha256_hex, signed_by
-from trustwarden.pki.errors import PKIError
-from trustwarden.pki.spiffe import SpiffeID
-
-from .format import Column, human_duration, render_table, rfc3339, truncate
-from .model import (
+from trustwarden.names import (
+    API_VERSION,
     BUNDLE_CONFIGMAP,
     IDENTITY_LABEL,
     ISSUER_ANNOTATION,
@@ -29,6 +25,13 @@ from .model import (
     RENEW_AT_ANNOTATION,
     SPIFFE_ID_ANNOTATION,
     TRUST_DOMAIN_ANNOTATION,
+)
+from trustwarden.pki._x509util import serial_hex, sha256_hex, signed_by
+from trustwarden.pki.errors import PKIError
+from trustwarden.pki.spiffe import SpiffeID
+
+from .format import Column, human_duration, render_table, rfc3339, truncate
+from .model import (
     Body,
     annotations_of,
     condition,
@@ -43,7 +46,6 @@ from .model import (
     secret_bytes,
 )
 
-API_VERSION = "trustwarden.io/v1alpha1"
 SHARED = "(shared)"
 
 

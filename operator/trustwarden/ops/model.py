@@ -13,27 +13,12 @@ from typing import Any
 
 from cryptography import x509
 
+from trustwarden.names import (
+    MANAGED_BY,
+    MANAGER,
+)
 from trustwarden.pki._clock import from_rfc3339
 from trustwarden.pki.errors import PKIError
-
-MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGER = "trustwarden"
-IDENTITY_LABEL = "trustwarden.io/identity"
-SECRET_ANNOTATION = "trustwarden.io/secret"
-REVOKE_ANNOTATION = "trustwarden.io/revoke"
-ROTATE_ANNOTATION = "trustwarden.io/rotate"
-ACTIVATE_AFTER_ANNOTATION = "trustwarden.io/activate-after"
-SERIAL_ANNOTATION = "trustwarden.io/serial"
-ISSUER_ANNOTATION = "trustwarden.io/issuer"
-OWNER_ANNOTATION = "trustwarden.io/owner"
-RENEW_AT_ANNOTATION = "trustwarden.io/renew-at"
-TRUST_DOMAIN_ANNOTATION = "trustwarden.io/trust-domain"
-SPIFFE_ID_ANNOTATION = "trustwarden.io/spiffe-id"
-BUNDLE_CONFIGMAP = "trustwarden-bundle"
-OPERATOR_NAMESPACE = "trustwarden-system"
-SVID_VOLUME = "trustwarden-svid"
-SECRET_SELECTOR = f"{MANAGED_BY}={MANAGER},{IDENTITY_LABEL}"
-BUNDLE_SELECTOR = f"{MANAGED_BY}={MANAGER}"
 
 Body = Mapping[str, Any]
 

@@ -13,16 +13,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trustwarden.pki._x509util import serial_hex
-
-from .errors import NotFoundError, UsageError
-from .model import (
+from trustwarden.names import (
     IDENTITY_LABEL,
     REVOKE_ANNOTATION,
     SECRET_ANNOTATION,
     SERIAL_ANNOTATION,
     SVID_VOLUME,
     TRUST_DOMAIN_ANNOTATION,
+)
+from trustwarden.pki._x509util import serial_hex
+
+from .errors import NotFoundError, UsageError
+from .model import (
     Body,
     annotations_of,
     is_managed,

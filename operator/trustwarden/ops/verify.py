@@ -33,6 +33,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from trustwarden.names import SPIFFE_ID_ANNOTATION, TRUST_DOMAIN_ANNOTATION
 from trustwarden.pki._x509util import serial_hex, sha256_hex, signed_by
 from trustwarden.pki.errors import PKIError
 from trustwarden.pki.keys import key_algorithm_of, public_key_der
@@ -40,7 +41,7 @@ from trustwarden.pki.spiffe import SpiffeID
 
 from .errors import UsageError
 from .format import human_duration, rfc3339
-from .model import SPIFFE_ID_ANNOTATION, TRUST_DOMAIN_ANNOTATION, load_pem_certs, load_pem_crls
+from .model import load_pem_certs, load_pem_crls
 
 MAX_CHAIN_DEPTH = 8
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)

@@ -19,6 +19,10 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
+from trustwarden.names import (
+    PREFIX as ANNOTATION_PREFIX,
+)
+
 from ._clock import floor_second, require_utc, to_rfc3339
 from ._x509util import (
     CertificateValidity,
@@ -62,7 +66,6 @@ __all__ = [
 ]
 
 DEFAULT_BACKDATE = timedelta(minutes=5)
-ANNOTATION_PREFIX = "trustwarden.io/"
 MAX_LEAF_CHAIN = 10
 
 

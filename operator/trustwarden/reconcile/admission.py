@@ -18,10 +18,15 @@ import hmac
 import secrets
 from dataclasses import dataclass, field
 
+from trustwarden.names import (
+    ADMISSION_KEY_SECRET as KEY_SECRET,
+)
+from trustwarden.names import (
+    ROLE_LABEL,
+)
 from trustwarden.reconcile.ports import ConflictError, KubePort
 
 KEY_BYTES = 32
-KEY_SECRET = "trustwarden-admission-key"
 KEY_DATA = "hmac.key"
 
 
@@ -75,7 +80,7 @@ async def ensure_key(kube: KubePort, namespace: str, labels: dict[str, str]) -> 
                     "metadata": {
                         "name": KEY_SECRET,
                         "namespace": namespace,
-                        "labels": {**labels, "trustwarden.io/role": "admission-key"},
+                        "labels": {**labels, ROLE_LABEL: "admission-key"},
                     },
                     "data": {KEY_DATA: base64.b64encode(new_key()).decode()},
                 },

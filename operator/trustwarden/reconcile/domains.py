@@ -20,6 +20,10 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from trustwarden.names import (
+    CA_SECRET_PREFIX,
+    REVOCATIONS_PREFIX,
+)
 from trustwarden.pki import crl as crl_mod
 from trustwarden.pki import rotation
 from trustwarden.pki._clock import from_rfc3339, to_rfc3339
@@ -28,8 +32,6 @@ from trustwarden.pki.errors import PKIError
 from trustwarden.pki.keys import load_private_key, private_key_to_pem
 from trustwarden.reconcile.model import CAKind, TrustDomainSpec
 
-CA_SECRET_PREFIX = "trustwarden-ca-"
-REVOCATIONS_PREFIX = "trustwarden-revocations-"
 CRL_VALIDITY = timedelta(hours=24)
 CRL_REFRESH = timedelta(hours=12)
 # A ConfigMap holds at most 1 MiB (etcd's object limit). The revocations ConfigMap and every

@@ -32,6 +32,22 @@ from typing import Any
 from cryptography import x509
 
 from trustwarden.metrics import Metrics
+from trustwarden.names import (
+    ACTIVATE_AFTER_ANNOTATION,
+    API_VERSION,
+    BUNDLE_CONFIGMAP,
+    CA_SECRET_PREFIX,
+    CONTENT_HASH_ANNOTATION,
+    IDENTITY_LABEL,
+    LEDGER_PREFIX,
+    MANAGED_BY,
+    MANAGER,
+    NAMESPACE_ANNOTATION,
+    REVOKE_FINALIZER,
+    ROLE_LABEL,
+    ROTATE_ANNOTATION,
+    TRUST_DOMAIN_ANNOTATION,
+)
 from trustwarden.pki import bundle as bundle_mod
 from trustwarden.pki import rotation
 from trustwarden.pki._clock import to_rfc3339
@@ -73,7 +89,7 @@ from trustwarden.reconcile.domains import (
     encode_authorities,
     revocations_name,
 )
-from trustwarden.reconcile.ledger import LEDGER_KEY, LEDGER_PREFIX, Ledger, LedgerEntry, ledger_name
+from trustwarden.reconcile.ledger import LEDGER_KEY, Ledger, LedgerEntry, ledger_name
 from trustwarden.reconcile.model import (
     CAKind,
     DeliveryMode,
@@ -82,12 +98,6 @@ from trustwarden.reconcile.model import (
     WorkloadIdentitySpec,
 )
 from trustwarden.reconcile.observed import (
-    BUNDLE_CONFIGMAP,
-    CONTENT_HASH_ANNOTATION,
-    IDENTITY_LABEL,
-    MANAGED_BY,
-    MANAGER,
-    REVOKE_FINALIZER,
     BundleInfo,
     NamespaceInfo,
     PodInfo,
@@ -101,10 +111,7 @@ from trustwarden.reconcile.secretbody import leaf_annotations, svid_metadata, sv
 
 log = logging.getLogger("trustwarden.engine")
 
-API_VERSION = "trustwarden.io/v1alpha1"
 SECRET_REF_POLL = timedelta(seconds=30)
-ROTATE_ANNOTATION = "trustwarden.io/rotate"
-ACTIVATE_AFTER_ANNOTATION = "trustwarden.io/activate-after"
 RETRY_BASE = 2.0
 RETRY_MAX = 300.0
 REPAIR_WINDOW = timedelta(minutes=10)
@@ -512,7 +519,7 @@ class Engine:
 
     def _poke_secret_owner(self, info: SecretInfo) -> None:
         if info.namespace == self.config.operator_namespace and info.name.startswith(
-            "trustwarden-ca-"
+            CA_SECRET_PREFIX
         ):
             for name, runtime in self.domains.items():
                 if ca_secret_name(name) == info.name:
@@ -910,7 +917,7 @@ class Engine:
             "Secret",
             name,
             role="ca",
-            annotations={"trustwarden.io/trust-domain": runtime.trust_domain},
+            annotations={TRUST_DOMAIN_ANNOTATION: runtime.trust_domain},
             payload={"type": "Opaque", "data": self._ca_secret_data(runtime)},
             exists=(opns, name) in self.secrets,
         )
@@ -935,7 +942,7 @@ class Engine:
             "metadata": {
                 "name": name,
                 "namespace": opns,
-                "labels": {MANAGED_BY: MANAGER, "trustwarden.io/role": role},
+                "labels": {MANAGED_BY: MANAGER, ROLE_LABEL: role},
                 "annotations": annotations,
             },
             **payload,
@@ -2441,7 +2448,7 @@ class Engine:
             "ConfigMap",
             name,
             role="ledger",
-            annotations={"trustwarden.io/namespace": namespace},
+            annotations={NAMESPACE_ANNOTATION: namespace},
             payload={"binaryData": {LEDGER_KEY: self.ledger.encode(namespace)}},
             exists=namespace in self.ledger.stored,
         )
@@ -2452,7 +2459,7 @@ class Engine:
             "ConfigMap",
             revocations_name(runtime.name),
             role="revocations",
-            annotations={"trustwarden.io/trust-domain": runtime.trust_domain},
+            annotations={TRUST_DOMAIN_ANNOTATION: runtime.trust_domain},
             payload={"data": runtime.revocations_data(self.clock())},
             exists=runtime.revocations_exist,
         )

@@ -7,14 +7,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from trustwarden.names import ADMISSION_ANNOTATION, IDENTITY_LABEL, SECRET_ANNOTATION, SVID_VOLUME
 from trustwarden.reconcile.admission import AdmissionKey
 from trustwarden.reconcile.model import DeliveryMode, WorkloadIdentitySpec
-from trustwarden.reconcile.observed import (
-    ADMISSION_ANNOTATION,
-    IDENTITY_LABEL,
-    SECRET_ANNOTATION,
-    SVID_VOLUME,
-)
 
 MOUNT_PATH = "/var/run/secrets/trustwarden.io/"
 

@@ -20,7 +20,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-LEDGER_PREFIX = "trustwarden-ledger-"
+from trustwarden.names import (
+    LEDGER_PREFIX,
+)
+
 LEDGER_KEY = "issued.z"
 
 

@@ -13,27 +13,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from trustwarden.names import (
+    ADMISSION_ANNOTATION,
+    IDENTITY_LABEL,
+    INJECT_LABEL,
+    MANAGED_BY,
+    MANAGER,
+    REVOKE_ANNOTATION,
+    REVOKE_FINALIZER,
+    SECRET_ANNOTATION,
+    SVID_VOLUME,
+)
+from trustwarden.names import (
+    PREFIX as ANNOTATION_PREFIX,
+)
 from trustwarden.pki.errors import PKIError
 from trustwarden.pki.issue import LeafFacts, inspect_leaf
-
-MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGER = "trustwarden"
-ANNOTATION_PREFIX = "trustwarden.io/"
-IDENTITY_LABEL = "trustwarden.io/identity"
-SECRET_ANNOTATION = "trustwarden.io/secret"
-# Written by the injection webhook beside SECRET_ANNOTATION: an HMAC that binds namespace,
-# identity and Secret name (reconcile/admission.py).
-ADMISSION_ANNOTATION = "trustwarden.io/admission"
-INJECT_LABEL = "trustwarden.io/inject"
-SVID_VOLUME = "trustwarden-svid"
-BUNDLE_CONFIGMAP = "trustwarden-bundle"
-CONTENT_HASH_ANNOTATION = "trustwarden.io/content-hash"
-REVOKE_ANNOTATION = "trustwarden.io/revoke"
-RENEW_AT_ANNOTATION = "trustwarden.io/renew-at"
-# On every issued Secret: the garbage collector (or anyone) can start deleting it at any time,
-# even while the operator is down, but it is only removed once its serial is in the persisted
-# revocation list (or, if its owner still lives, once the operator has seen the deletion).
-REVOKE_FINALIZER = "trustwarden.io/revoke"
 
 
 def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -11,18 +11,17 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from trustwarden.pki._clock import to_rfc3339
-from trustwarden.pki.issue import LeafFacts
-from trustwarden.reconcile.observed import (
+from trustwarden.names import (
     IDENTITY_LABEL,
     MANAGED_BY,
     MANAGER,
+    PREFIX,
     RENEW_AT_ANNOTATION,
     REVOKE_FINALIZER,
 )
+from trustwarden.pki._clock import to_rfc3339
+from trustwarden.pki.issue import LeafFacts
 from trustwarden.reconcile.ports import ObjectRef
-
-PREFIX = "trustwarden.io/"
 
 
 def leaf_annotations(
