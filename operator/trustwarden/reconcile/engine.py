@@ -89,6 +89,7 @@ from trustwarden.reconcile.domains import (
     encode_authorities,
     revocations_name,
 )
+from trustwarden.reconcile.events import EventRecorder
 from trustwarden.reconcile.ledger import LEDGER_KEY, Ledger, LedgerEntry, ledger_name
 from trustwarden.reconcile.model import (
     CAKind,
@@ -108,6 +109,7 @@ from trustwarden.reconcile.ports import ConflictError, KubePort, NotFoundError, 
 from trustwarden.reconcile.reflector import Reflector, key_of
 from trustwarden.reconcile.scheduler import DeadlineScheduler, utcnow
 from trustwarden.reconcile.secretbody import leaf_annotations, svid_metadata, svid_secret
+from trustwarden.reconcile.status import StatusWriter
 
 log = logging.getLogger("trustwarden.engine")
 
@@ -116,14 +118,6 @@ RETRY_BASE = 2.0
 RETRY_MAX = 300.0
 REPAIR_WINDOW = timedelta(minutes=10)
 REPAIRS_BEFORE_BACKOFF = 3
-EVENT_DEDUP_SECONDS = 60.0
-# Status fields that only say when something will happen: a change to these alone (a renewal
-# moved nextRenewal) waits for EngineConfig.status_timing_interval before it is written.
-STATUS_TIMING_FIELDS = ("nextRenewal", "soonestExpiry")
-# Normal Events whose content the object's status already carries: not posted. The routine
-# first issue of a Shared identity shows as its status (spiffeID, serial, Ready); an Event
-# per identity was one API write per certificate.
-STATUS_ONLY_EVENTS = frozenset({("WorkloadIdentity", "Issued")})
 DEPARTED_MAX = 10_000
 CREATE_CONFLICT_RECHECK = 3.0
 BUNDLE_CONFLICT_RETRY = timedelta(seconds=30)
@@ -220,12 +214,13 @@ class Engine:
         self.wid_problems: dict[tuple[str, str], tuple[str, str]] = {}
         self.dirty_bundles: set[str] = set()
         self.dirty_revocations: set[str] = set()
-        self.dirty_status: set[tuple[str, str, str]] = set()
-        self.last_status: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self._status_written_at: dict[tuple[str, str, str], datetime] = {}
-        self._status_deferred: dict[tuple[str, str, str], datetime] = {}  # key -> write after
-        self.conditions: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
-        self.recent_events: dict[tuple[str, str, str], float] = {}
+        # Statuses (conditions, what was last written, deferred writes) and Events are kept
+        # by their own writers; the engine marks status keys dirty and builds the statuses.
+        self.status = StatusWriter(kube, self.clock, config.status_timing_interval)
+        self.dirty_status = self.status.dirty
+        self.last_status = self.status.last
+        self.conditions = self.status.conditions
+        self.events = EventRecorder(kube)
         self.bundle_conflicts: set[str] = set()
         self.ledger = Ledger()
         self._written: set[Hashable] = set()  # targets whose Secret we wrote (repair backoff)
@@ -385,26 +380,12 @@ class Engine:
         self._bundle_retry.pop(name, None)
 
     def _seed_status(self, status_key: tuple[str, str, str], body: Mapping[str, Any]) -> None:
-        """Before start, take the status an earlier process wrote as what was last written,
-        with its conditions' transition times: a restart then rewrites only the statuses
-        whose content changes (10,000 pods over 100 identities rewrote every status)."""
-        if self.started or status_key in self.last_status:
-            return
+        """Before start, take the status an earlier process wrote as what was last written:
+        a restart then rewrites only the statuses whose content changes (10,000 pods over 100
+        identities rewrote every status)."""
         status = body.get("status")
-        if not isinstance(status, Mapping) or not status:
-            return
-        self.last_status[status_key] = json.loads(json.dumps(status))
-        # As if just written: while the first reconciliations catch up, nextRenewal can move
-        # before it settles back; such timing-only differences wait like any other.
-        self._status_written_at[status_key] = self.clock()
-        conditions = {
-            str(c["type"]): {
-                k: c.get(k) for k in ("type", "status", "reason", "message", "lastTransitionTime")
-            }
-            for c in status.get("conditions") or ()
-            if isinstance(c, Mapping) and c.get("type")
-        }
-        self.conditions.setdefault(status_key, conditions)
+        if not self.started and isinstance(status, Mapping):
+            self.status.seed(status_key, status)
 
     def observe_trust_domain(self, body: Mapping[str, Any]) -> None:
         name = str((body.get("metadata") or {}).get("name"))
@@ -1379,8 +1360,7 @@ class Engine:
             self.repairs.pop(status_key, None)
             await self._revoke_identity_secrets(namespace, name, spec)
             self.dirty_bundles.add(namespace)
-            self.last_status.pop(status_key, None)
-            self.conditions.pop(status_key, None)
+            self.status.forget(status_key)
             return
         self.dirty_status.add(status_key)
         error = self.wid_errors.get(key)
@@ -2495,79 +2475,26 @@ class Engine:
                 log.exception("status flush failed; retrying")
 
     async def flush_status(self, *, final: bool = False) -> None:
-        """Write the statuses whose content changed. Changes of timing fields alone are
-        deferred (STATUS_TIMING_FIELDS, at most one write per status_timing_interval), except
-        in the `final` flush of a clean shutdown, which leaves nothing stale behind."""
-        now = self.clock()
-        due = [k for k, at in self._status_deferred.items() if final or at <= now]
-        for status_key in due:
-            del self._status_deferred[status_key]
-        pending = self.dirty_status | set(due)
-        self.dirty_status.clear()
-        for status_key in pending:
+        """Write the statuses whose content changed (reconcile/status.py decides what and
+        when)."""
+
+        def build(status_key: tuple[str, str, str]) -> dict[str, Any] | None:
             kind, namespace, name = status_key
-            try:
-                if kind == "td":
-                    status = self._domain_status(name)
-                else:
-                    status = self._identity_status(namespace, name)
-                previous = self.last_status.get(status_key)
-                if status is None or previous == status:
-                    self._status_deferred.pop(status_key, None)
-                    if status is None:
-                        self._status_written_at.pop(status_key, None)
-                    continue
-                if (
-                    not final
-                    and kind == "wid"
-                    and previous is not None
-                    and _timing_only(previous, status)
-                ):
-                    written_at = self._status_written_at.get(status_key)
-                    later = (written_at or now) + self.config.status_timing_interval
-                    if written_at is not None and later > now:
-                        self._status_deferred.setdefault(status_key, later)
-                        continue
-                await self.kube.patch_status(
-                    "TrustDomain" if kind == "td" else "WorkloadIdentity",
-                    namespace or None,
-                    name,
-                    status,
-                )
-                self.last_status[status_key] = status
-                self._status_written_at[status_key] = now
-                self._status_deferred.pop(status_key, None)
-            except NotFoundError:
-                self.last_status.pop(status_key, None)
-            except Exception as exc:
-                self.dirty_status.add(status_key)
-                log.warning("status of %s %s/%s not written: %s", kind, namespace, name, exc)
+            if kind == "td":
+                return self._domain_status(name)
+            return self._identity_status(namespace, name)
+
+        await self.status.flush(build, final=final)
 
     def _set_condition(
         self, status_key: tuple[str, str, str], type_: str, ok: bool, reason: str, message: str
     ) -> None:
-        conditions = self.conditions.setdefault(status_key, {})
-        current = conditions.get(type_)
-        value = "True" if ok else "False"
-        if current is None or current["status"] != value:
-            transition = to_rfc3339(self.clock())
-        else:
-            transition = current["lastTransitionTime"]
-        conditions[type_] = {
-            "type": type_,
-            "status": value,
-            "reason": reason,
-            "message": message[:32000],
-            "lastTransitionTime": transition,
-        }
+        self.status.set_condition(status_key, type_, ok, reason, message)
 
     def _conditions_list(
         self, status_key: tuple[str, str, str], generation: int
     ) -> list[dict[str, Any]]:
-        return [
-            {**c, "observedGeneration": generation}
-            for _, c in sorted(self.conditions.get(status_key, {}).items())
-        ]
+        return self.status.conditions_list(status_key, generation)
 
     def _valid_svids(self, runtime: DomainRuntime) -> int:
         """What the CRD promises in status.issued: the SVIDs of this domain that are valid
@@ -2777,21 +2704,7 @@ class Engine:
     # ------------------------------------------------------------------ events
 
     async def _event(self, ref: ObjectRef, type_: str, reason: str, message: str) -> None:
-        if type_ == "Normal" and (ref.kind, reason) in STATUS_ONLY_EVENTS:
-            return
-        dedup = (f"{ref.kind}/{ref.namespace}/{ref.name}", reason, message)
-        now = time.monotonic()
-        last = self.recent_events.get(dedup)
-        if last is not None and now - last < EVENT_DEDUP_SECONDS:
-            return
-        self.recent_events[dedup] = now
-        if len(self.recent_events) > 10_000:
-            cutoff = now - EVENT_DEDUP_SECONDS
-            self.recent_events = {k: v for k, v in self.recent_events.items() if v > cutoff}
-        try:
-            await self.kube.emit_event(ref, type_, reason, message[:1024])
-        except Exception as exc:  # events are best effort
-            log.debug("event %s on %s not posted: %s", reason, ref, exc)
+        await self.events.post(ref, type_, reason, message)
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able view for debugging and tests (no key material)."""
@@ -2810,12 +2723,6 @@ _AUTHORITY_STATUS_KEYS = {"serial", "sha256", "notBefore", "notAfter", "state"}
 
 class _CAError(PKIError):
     """A CA source problem reported on the TrustDomain."""
-
-
-def _timing_only(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
-    """True when two statuses differ in STATUS_TIMING_FIELDS alone."""
-    keys = (before.keys() | after.keys()) - set(STATUS_TIMING_FIELDS)
-    return all(before.get(k) == after.get(k) for k in keys)
 
 
 def dumps(value: Any) -> str:
