@@ -708,3 +708,139 @@ def test_a_pod_admitted_before_admission_tags_existed_keeps_being_renewed() -> N
         assert not [e for e in kube.events if e[2] == "NotAdmitted"]
 
     asyncio.run(scenario())
+
+
+def _admitted_pod(name: str, uid: str) -> dict[str, Any]:
+    secret = f"pods-svid-{name}"
+    return _pod(
+        name,
+        uid,
+        secret,
+        {"trustwarden.io/admission": ADMISSION_KEY.tag("shop", "pods", secret)},
+    )
+
+
+def _edit_pod_annotations(engine: Engine, kube: FakeKube, name: str, **edits: str | None) -> None:
+    pod = copy.deepcopy(kube.objects[("Pod", "shop", name)])
+    annotations = pod["metadata"]["annotations"]
+    for key, value in edits.items():
+        wire = f"trustwarden.io/{key}"
+        if value is None:
+            annotations.pop(wire, None)
+        else:
+            annotations[wire] = value
+    pod["metadata"]["resourceVersion"] = kube._next_rv()
+    kube.objects[("Pod", "shop", name)] = pod
+    engine.observe_pod(copy.deepcopy(pod))
+
+
+def test_editing_a_pods_secret_annotation_after_admission_does_not_skip_its_revocation() -> None:
+    """Revocation bypass: the pod's owner renames or removes trustwarden.io/secret after
+    admission, then deletes the pod. What the operator recorded at admission decides."""
+
+    async def scenario() -> None:
+        for edit in ("renamed", None):
+            kube, clock = FakeKube(), FakeClock()
+            engine = make_engine(kube, clock)
+            world(engine)
+            for domain in ("bank", "prod"):
+                engine.scheduler.schedule(("td", domain), clock())
+            body = _admitted_pod("p1", "u-p1")
+            kube.objects[("Pod", "shop", "p1")] = body
+            engine.observe_pod(copy.deepcopy(body))
+            await drain(engine, clock)
+            secret = kube.objects[("Secret", "shop", "pods-svid-p1")]
+            serial = int(secret["metadata"]["annotations"]["trustwarden.io/serial"], 16)
+            _edit_pod_annotations(engine, kube, "p1", secret=edit)
+            await drain(engine, clock)
+            engine.forget_pod(kube.objects.pop(("Pod", "shop", "p1")))
+            await drain(engine, clock)
+            assert serial in engine.domains["prod"].revocations, f"edit={edit!r}: not revoked"
+            assert ("Secret", "shop", "pods-svid-p1") not in kube.objects or kube.objects[
+                ("Secret", "shop", "pods-svid-p1")
+            ]["metadata"].get("deletionTimestamp"), f"edit={edit!r}: Secret left behind"
+
+    asyncio.run(scenario())
+
+
+def test_an_edited_secret_annotation_after_a_restart_still_revokes_by_the_ledger() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        first = make_engine(kube, clock)
+        world(first)
+        for domain in ("bank", "prod"):
+            first.scheduler.schedule(("td", domain), clock())
+        body = _admitted_pod("p2", "u-p2")
+        kube.objects[("Pod", "shop", "p2")] = body
+        first.observe_pod(copy.deepcopy(body))
+        await drain(first, clock)
+        await first.flush()
+        serial = int(
+            kube.objects[("Secret", "shop", "pods-svid-p2")]["metadata"]["annotations"][
+                "trustwarden.io/serial"
+            ],
+            16,
+        )
+        second = make_engine(kube, clock)
+        world(second)
+        for (kind, _ns, name), obj in list(kube.objects.items()):
+            if kind == "Secret":
+                second.observe_secret(obj)
+            elif kind == "ConfigMap" and name.startswith("trustwarden-ledger-"):
+                second.observe_ledger(obj)
+        for domain in ("bank", "prod"):
+            second.scheduler.schedule(("td", domain), clock())
+        await drain(second, clock)
+        _edit_pod_annotations(second, kube, "p2", secret=None)
+        await drain(second, clock)
+        second.forget_pod(kube.objects.pop(("Pod", "shop", "p2")))
+        await drain(second, clock)
+        assert serial in second.domains["prod"].revocations
+
+    asyncio.run(scenario())
+
+
+def test_a_revocation_list_already_large_at_start_up_degrades_at_once() -> None:
+    """The Degraded condition and the metrics are evaluated when the stored list is loaded, not
+    only on the next write (which, with nothing new to revoke, never comes)."""
+
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        first = await issued_world(kube, clock)
+        runtime = first.domains["prod"]
+        authority = runtime.active()
+        assert authority is not None
+        for serial in range(1, 3500):
+            runtime.revoke(
+                serial,
+                authority.sha256,
+                clock() + timedelta(hours=1),
+                clock(),
+                "x",
+                namespace="shop",
+            )
+        first.dirty_revocations.add("prod")
+        await drain(first, clock)
+        kube.events.clear()
+        second = make_engine(kube, clock)
+        world(second)
+        for (kind, _ns, _name), obj in list(kube.objects.items()):
+            if kind == "Secret":
+                second.observe_secret(obj)
+        stored = ("ConfigMap", OPNS, "trustwarden-revocations-prod")
+        version = kube.objects[stored]["metadata"]["resourceVersion"]
+        second.scheduler.schedule(("td", "prod"), clock())
+        await drain(second, clock)
+        await second.flush_status()
+        # Nothing new was revoked, so the list was not written again: the check ran on load.
+        assert kube.objects[stored]["metadata"]["resourceVersion"] == version
+        status = kube.statuses[("TrustDomain", None, "prod")]
+        degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+        assert degraded["status"] == "True" and degraded["reason"] == "RevocationListLarge"
+        assert any(e[2] == "RevocationListLarge" for e in kube.events)
+        entries = second.metrics.registry.get_sample_value(
+            "trustwarden_revocation_entries", {"trust_domain": "prod.example.org"}
+        )
+        assert entries == 3499
+
+    asyncio.run(scenario())

@@ -238,6 +238,10 @@ class Engine:
         # Owner UID -> its work key, so an owner whose serial is revoked while it lives is
         # reissued at once rather than at its next renewal.
         self._keys_by_uid: dict[str, Hashable] = {}
+        # Pod UID -> the Secret the webhook named for it, as verified at its first admitted
+        # reconcile. Revocation on deletion goes by this (and the ledger), never by the pod's
+        # annotations at that time: their owner can edit them after admission.
+        self._admitted_secret: dict[str, str] = {}
         self._persisted: set[tuple[str, str]] = set()  # held ones whose revocation is stored
         self._observed_seq = 0
         self._seen: dict[tuple[str, str, str], int] = {}
@@ -468,8 +472,9 @@ class Engine:
         self._written.discard(("pod", *key))
         self._create_conflicts.discard(("pod", *key))
         self.repairs.pop(("pod", *key), None)
-        if known.secret_name:
-            self._schedule(("gone", known.namespace, known.secret_name, known.uid))
+        secret_name = self._admitted_secret.pop(known.uid, None) or known.secret_name
+        if secret_name or known.identity:
+            self._schedule(("gone", known.namespace, secret_name or "", known.uid))
 
     def observe_secret(self, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
@@ -668,6 +673,7 @@ class Engine:
         if not runtime.loaded and runtime.stored_revocations is not None:
             runtime.reuse_stored_crl(runtime.stored_revocations, now)
             runtime.stored_revocations = None
+        first_load = not runtime.loaded
         runtime.loaded = True
         anchors_after = {sha256_hex(c) for c in runtime.anchors(now)}
         if anchors_after != anchors_before or previous_spec != spec:
@@ -685,6 +691,10 @@ class Engine:
                 self.dirty_revocations.add(name)
                 self._mark_domain_bundles(runtime)
         self._publish_ca_metrics(runtime)
+        if first_load:
+            # A list that was already large when we started must say so now, not at the
+            # next write (which may never come).
+            await self._note_revocation_load(runtime)
         self.dirty_status.add(status_key)
         if next_at is not None:
             self._schedule(("td", name), max(next_at, now + timedelta(seconds=1)))
@@ -1427,8 +1437,10 @@ class Engine:
     async def _reconcile_pod(self, namespace: str, name: str) -> None:
         pod = self.pods.get((namespace, name))
         if pod is None or pod.deleting:
-            if pod is not None and pod.secret_name:
-                await self._revoke_orphan(namespace, pod.secret_name, pod.uid)
+            if pod is not None:
+                secret_name = self._admitted_secret.get(pod.uid) or pod.secret_name
+                if secret_name or pod.identity:
+                    await self._revoke_orphan(namespace, secret_name or "", pod.uid)
             return
         ns_info = self.namespaces.get(namespace)
         if ns_info is None or not ns_info.injection_enabled or not pod.identity:
@@ -1438,6 +1450,7 @@ class Engine:
             await self._refuse_unadmitted(pod, key)
             return
         assert pod.secret_name is not None
+        self._admitted_secret[pod.uid] = pod.secret_name
         spec = self.wids.get((namespace, pod.identity))
         if spec is None or spec.mode is not DeliveryMode.PER_POD:
             self.failures[key] = Failure(
@@ -2151,8 +2164,21 @@ class Engine:
                 ("gone", namespace, secret_name, owner_uid), self.clock() + timedelta(seconds=1)
             )
             return
+        if not secret_name:
+            # The pod's Secret annotation was edited after admission and this run never saw
+            # it admitted (a restart): the ledger still knows what was issued to the pod.
+            secret_name = next(
+                (
+                    name
+                    for (ns, name), info in self.secrets.items()
+                    if ns == namespace and owner_uid in info.owner_uids and info.managed
+                ),
+                "",
+            )
         self._departed.pop((namespace, secret_name), None)
         domains = self._revoke_owner(namespace, owner_uid, "PodDeleted")
+        if not secret_name:
+            return
         observed = self.secrets.get((namespace, secret_name))
         if observed is None:
             # Not in our label-filtered cache: its managed-by label may have been removed by
