@@ -253,11 +253,57 @@ def test_a_restart_takes_no_forged_certificate_into_the_ledger() -> None:
     asyncio.run(scenario())
 
 
-_KINDS = st.sampled_from(["copy", "look-alike", "random-serial", "garbage", "truncated"])
+_KINDS = st.sampled_from(
+    [
+        "copy",
+        "look-alike",
+        "random-serial",
+        "garbage",
+        "truncated",
+        "self-signed-issuer",
+        "chain-with-victim-anchor",
+    ]
+)
+
+
+def forged_issuer_chain(victim: x509.Certificate, serial: int) -> bytes:
+    """A self-signed CA of the tenant's that copies the victim issuer's name and key identifier,
+    then a leaf it signs with the victim's subject and SANs and `serial`: every name and
+    identifier matches, only the signatures are the tenant's."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    aki = victim.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert aki.key_identifier is not None
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(victim.issuer)
+        .issuer_name(victim.issuer)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(victim.not_valid_before_utc)
+        .not_valid_after(datetime(2099, 1, 1, tzinfo=UTC))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier(aki.key_identifier), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(victim.subject)
+        .issuer_name(victim.issuer)
+        .public_key(leaf_key.public_key())
+        .serial_number(serial)
+        .not_valid_before(victim.not_valid_before_utc)
+        .not_valid_after(victim.not_valid_after_utc)
+    )
+    for extension in victim.extensions:
+        if not isinstance(extension.value, x509.SubjectKeyIdentifier):
+            builder = builder.add_extension(extension.value, extension.critical)
+    leaf = builder.sign(ca_key, hashes.SHA256())
+    return pem(leaf) + pem(ca)
 
 
 @settings(
-    max_examples=25,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -278,6 +324,11 @@ def test_no_bytes_a_tenant_writes_change_the_victims_revocation_list(
             "random-serial": look_alike(victim, serial=serial, years=73),
             "garbage": data,
             "truncated": pem(victim)[: max(1, len(data) % 600)],
+            "self-signed-issuer": forged_issuer_chain(victim, victim.serial_number),
+            # The victim's real (public) anchor appended after a look-alike, as if it were
+            # the chain: the leaf's signature still is not the anchor's.
+            "chain-with-victim-anchor": look_alike(victim)
+            + base64.b64decode(kube.objects[("Secret", "vault", "api-svid")]["data"]["ca.crt"]),
         }[kind]
         before = victim_state(kube)
         tamper_own_secret(engine, kube, payload)
