@@ -895,3 +895,22 @@ def test_a_revocation_list_already_large_at_start_up_degrades_at_once() -> None:
         assert entries == 3499
 
     asyncio.run(scenario())
+
+
+def test_a_handmade_secret_asking_for_revocation_is_told_nothing_was_revoked() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        engine = await issued_world(kube, clock)
+        before = victim_state(kube)
+        handmade_secret(engine, kube, "forged", pem(victim_leaf(kube)), "uid-x", "web")
+        await drain(engine, clock)
+        refused = [e for e in kube.events if e[0].name == "forged" and e[0].kind == "Secret"]
+        assert [e[2] for e in refused] == ["RevocationRefused"]
+        assert "nothing was revoked" in refused[0][3]
+        assert victim_state(kube) == before
+        # The tenant's own Secret asking for revocation is answered by its identity instead.
+        tamper_own_secret(engine, kube, pem(victim_leaf(kube)))
+        await drain(engine, clock)
+        assert not [e for e in kube.events if e[0].kind == "Secret" and e[0].name == "web-svid"]
+
+    asyncio.run(scenario())

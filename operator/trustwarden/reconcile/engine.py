@@ -498,6 +498,8 @@ class Engine:
         ):
             return  # the echo of our own write, or an edit that changes nothing we act on
         self._poke_secret_owner(info)
+        if info.revoke_request is not None and not is_state:
+            self._schedule(("refuse", *key))
 
     def forget_secret(self, namespace: str, name: str) -> None:
         info = self.secrets.pop((namespace, name), None)
@@ -576,6 +578,8 @@ class Engine:
                 await self._release(key[1], key[2])
             elif kind == "catchup":
                 await self._catch_up()
+            elif kind == "refuse":
+                await self._refuse_targetless_revocation(key[1], key[2])
             if self.failures.get(key) is before:
                 self.failures.pop(key, None)
         except ConflictError:
@@ -2139,6 +2143,31 @@ class Engine:
         domain = self._revoke_entry(info.namespace, entry, reason)
         self.ledger.forget(info.namespace, [entry.serial])
         return domain
+
+    async def _refuse_targetless_revocation(self, namespace: str, name: str) -> None:
+        """A Secret asks for revocation but is no identity's or admitted pod's Secret (e.g. one
+        made by hand, labelled as ours): it revokes nothing, and says so where its author
+        looks. A target's own Secret is answered by the target (Revoked or RevocationRefused)."""
+        info = self.secrets.get((namespace, name))
+        if info is None or info.revoke_request is None:
+            return
+        for wid_name in self.wids_by_ns.get(namespace, ()):
+            spec = self.wids[(namespace, wid_name)]
+            if spec.mode is DeliveryMode.SHARED and spec.secret_name == name:
+                return
+        for pod_name in self.pods_by_wid.get((namespace, info.identity or ""), ()):
+            pod = self.pods.get((namespace, pod_name))
+            if pod is not None and pod.secret_name == name:
+                return
+        await self._event(
+            ObjectRef("v1", "Secret", name, namespace, info.uid),
+            "Warning",
+            "RevocationRefused",
+            f"Secret {namespace}/{name} asks for revocation, but trustwarden issued nothing into "
+            "it for a WorkloadIdentity or an admitted pod of this namespace; nothing was revoked. "
+            "A certificate in a Secret is never evidence: trustwarden revokes only what its "
+            "ledger says it issued to that owner",
+        )
 
     def _issued_here(self, info: SecretInfo) -> LedgerEntry | None:
         """The ledger entry of the certificate in `info`, if trustwarden issued it into this
