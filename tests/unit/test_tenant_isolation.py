@@ -914,3 +914,56 @@ def test_a_handmade_secret_asking_for_revocation_is_told_nothing_was_revoked() -
         assert not [e for e in kube.events if e[0].kind == "Secret" and e[0].name == "web-svid"]
 
     asyncio.run(scenario())
+
+
+def test_a_tenant_looping_on_emergency_revocation_cannot_fill_the_domains_list() -> None:
+    """Each emergency revocation of a live owner is answered with a fresh certificate, so a
+    loop on one's own Secret adds an entry per turn. Past EMERGENCY_PER_NAMESPACE the request
+    is refused with a reason (the Secret still gets a fresh certificate); revocation on
+    deletion is not capped."""
+    from trustwarden.reconcile.revocationquota import EMERGENCY_PER_NAMESPACE
+
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        engine = await issued_world(kube, clock)
+        runtime = engine.domains["prod"]
+        authority = runtime.active()
+        assert authority is not None
+
+        def revoke_own() -> int:
+            secret = kube.objects[("Secret", "shop", "web-svid")]
+            serial = int(secret["metadata"]["annotations"]["trustwarden.io/serial"], 16)
+            secret["metadata"]["annotations"]["trustwarden.io/revoke"] = "loop"
+            secret["metadata"]["resourceVersion"] = kube._next_rv()
+            engine.observe_secret(copy.deepcopy(secret))
+            return serial
+
+        for _ in range(3):  # the real path, a few turns
+            serial = revoke_own()
+            await drain(engine, clock)
+            assert serial in runtime.revocations
+        for filler in range(1, EMERGENCY_PER_NAMESPACE - 2):  # the rest of the loop, quickly
+            runtime.revoke(
+                filler,
+                authority.sha256,
+                clock() + timedelta(hours=1),
+                clock(),
+                "Emergency",
+                namespace="shop",
+            )
+        held = len(runtime.revocations)
+        serial = revoke_own()
+        await drain(engine, clock)
+        assert serial not in runtime.revocations and len(runtime.revocations) == held
+        notes = [e[3] for e in kube.events if e[2] == "RevocationQuotaExceeded"]
+        assert notes and "was NOT revoked" in notes[0] and "namespace shop" in notes[0]
+        annotations = kube.objects[("Secret", "shop", "web-svid")]["metadata"]["annotations"]
+        assert annotations["trustwarden.io/serial"] != format(serial, "x")  # a fresh one
+        assert "trustwarden.io/revoke" not in annotations
+        # Deleting the owner still revokes what it holds.
+        current = int(annotations["trustwarden.io/serial"], 16)
+        engine.forget_workload_identity("shop", "web")
+        await drain(engine, clock)
+        assert current in runtime.revocations
+
+    asyncio.run(scenario())

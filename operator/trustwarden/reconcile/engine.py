@@ -96,6 +96,7 @@ from trustwarden.reconcile.observed import (
 )
 from trustwarden.reconcile.ports import ConflictError, KubePort, NotFoundError, ObjectRef
 from trustwarden.reconcile.reflector import Reflector, key_of
+from trustwarden.reconcile.revocationquota import emergency_quota
 from trustwarden.reconcile.scheduler import DeadlineScheduler, utcnow
 from trustwarden.reconcile.secretbody import leaf_annotations, svid_metadata, svid_secret
 
@@ -1679,7 +1680,21 @@ class Engine:
             # Emergency revocation requested (trustwarden revoke): the serial goes into the CRL
             # now, and the workload gets a fresh key and certificate in the same Secret.
             reason = observed.revoke_request[:256] or "requested"
-            if self._revoke_current(observed, target.owner.uid, "Emergency") is not None:
+            over = emergency_quota(
+                target.domain.revocations.values(), target.namespace, target.domain.name
+            )
+            if over is not None and facts is not None:
+                await self._event(
+                    self._wid_ref(target.wid),
+                    "Warning",
+                    "RevocationQuotaExceeded",
+                    over.message(
+                        f"{target.namespace}/{target.secret_name}",
+                        facts.serial_hex,
+                        facts.not_after,
+                    ),
+                )
+            elif self._revoke_current(observed, target.owner.uid, "Emergency") is not None:
                 await self._event(
                     self._wid_ref(target.wid),
                     "Warning",
