@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -695,6 +696,63 @@ def test_emergency_revoke_of_own_certificate_still_works(world: World) -> None:
     world.record(
         "control: trustwarden.io/revoke on own, unmodified Secret",
         f"own serial revoked (reason {entry['reason']}) and reissued at once",
+    )
+
+
+def test_emergency_revocation_loop_is_capped(world: World) -> None:
+    """Variant: every emergency revocation of a live owner is answered with a fresh
+    certificate, so a loop on one's own Secret adds a genuine entry per turn to the domain's
+    shared list. Measured here, and capped per namespace (EMERGENCY_PER_NAMESPACE): past it the
+    request is refused with RevocationQuotaExceeded and the Secret still gets a fresh key."""
+    from trustwarden.reconcile.revocationquota import EMERGENCY_PER_NAMESPACE
+
+    tenant = world.tenant
+    _shared_identity(world, "looper")
+    held = sum(
+        1
+        for r in stored_revocations(world.cluster, "rel")
+        if r.get("namespace") == tenant.namespace and r["reason"] == "Emergency"
+    )
+    started = time.monotonic()
+    turns = 0
+    while True:
+        real = tenant.secret("looper-svid")
+        serial = serial_of(base64.b64decode(real.data["tls.crt"]))
+        tenant.core.patch_namespaced_secret(
+            "looper-svid",
+            tenant.namespace,
+            {"metadata": {"annotations": {"trustwarden.io/revoke": f"turn {turns}"}}},
+        )
+        wait_reissued(world, "looper-svid", serial)
+        turns += 1
+        if [n for r, n in tenant.events("looper") if r == "RevocationQuotaExceeded"]:
+            break
+        assert turns <= EMERGENCY_PER_NAMESPACE + 5, "the loop was never capped"
+    seconds = time.monotonic() - started
+    note = tenant.wait_event("looper", "RevocationQuotaExceeded")
+    stored = wait_for(
+        lambda: (
+            (
+                n := sum(
+                    1
+                    for r in stored_revocations(world.cluster, "rel")
+                    if r.get("namespace") == tenant.namespace and r["reason"] == "Emergency"
+                )
+            )
+            >= EMERGENCY_PER_NAMESPACE
+            and n
+        ),
+        timeout=60,
+        what="the namespace's emergency entries stored",
+    )
+    assert stored == EMERGENCY_PER_NAMESPACE, stored
+    assert f"serial {format(serial, 'x')} was NOT revoked" in note, note
+    world.assert_victim_unchanged()
+    rate = (EMERGENCY_PER_NAMESPACE - held) / seconds
+    world.record(
+        "emergency revocation loop on own Secret",
+        f"{turns} turns in {seconds:.0f} s ({rate:.1f} genuine entries/s before the cap); "
+        f"capped at {EMERGENCY_PER_NAMESPACE} per namespace: RevocationQuotaExceeded: {note}",
     )
 
 
