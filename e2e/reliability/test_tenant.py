@@ -1058,6 +1058,78 @@ def test_bundle_configmap_edited_by_tenant(world: World) -> None:
     world.record("own trustwarden-bundle ca.crt rewritten", "restored by the operator")
 
 
+@pytest.mark.parametrize("whose", ["pod", "shared"])
+def test_shared_identity_naming_another_identitys_secret(world: World, whose: str) -> None:
+    """Variant: a Shared identity whose secretName is the Secret trustwarden issued to another
+    owner in the same namespace (a PerPod pod's, or another Shared identity's): that Secret
+    is ours and labelled, but not this identity's, so it is refused and left alone."""
+    tenant = world.tenant
+    if whose == "pod":
+        pod = tenant.pod("stolen-pod", {"app": "pods"})
+        target, _ = tenant.served_secret(pod)
+    else:
+        target = "web-svid"
+    before = tenant.secret(target)
+    name = f"steal-{whose}"
+    tenant.create_wid(
+        name, {"trustDomain": "rel", "delivery": {"mode": "Shared", "secretName": target}}
+    )
+    ready = tenant.wait_ready(name, "False", "SecretConflict")
+    after = tenant.secret(target)
+    assert after.metadata.resource_version == before.metadata.resource_version, "overwritten"
+    assert [o.uid for o in after.metadata.owner_references or ()] == [
+        o.uid for o in before.metadata.owner_references or ()
+    ]
+    world.assert_victim_unchanged()
+    world.record(
+        f"Shared secretName naming another owner's issued Secret ({whose})",
+        f"SecretConflict: {ready['message']}",
+    )
+
+
+@pytest.mark.parametrize("how", ["trustDomain", "federatesWith"])
+def test_identity_in_a_domain_that_excludes_the_tenant(world: World, how: str) -> None:
+    """Variant: the tenant asks for the victim's domain directly, or to trust it."""
+    tenant = world.tenant
+    name = f"greedy-{how.lower()}"
+    spec: dict[str, object] = {
+        "trustDomain": VICTIM_DOMAIN if how == "trustDomain" else "rel",
+        "delivery": {"mode": "Shared", "secretName": f"{name}-svid"},
+    }
+    if how == "federatesWith":
+        spec["federatesWith"] = [VICTIM_DOMAIN]
+    tenant.create_wid(name, spec)
+    reason = "NamespaceNotAllowed" if how == "trustDomain" else "FederationNotAllowed"
+    ready = tenant.wait_ready(name, "False", reason)
+    tenant.wait_event(name, reason)
+    assert _read(tenant.core, tenant.namespace, f"{name}-svid") is None
+    bundle = bundle_data(world.cluster, tenant.namespace) or {}
+    assert f"{VICTIM_TD}.pem" not in bundle, "the victim's anchors reached the tenant"
+    world.assert_victim_unchanged()
+    world.record(
+        f"identity asking for the victim's domain ({how})", f"{reason}: {ready['message']}"
+    )
+
+
+def test_bundle_configmap_deleted_by_tenant(world: World) -> None:
+    """Variant: the tenant deletes its own namespace's bundle: it is published again."""
+    tenant = world.tenant
+    before = wait_for(
+        lambda: bundle_data(world.cluster, tenant.namespace), timeout=60, what="the bundle"
+    )
+    tenant.core.delete_namespaced_config_map("trustwarden-bundle", tenant.namespace)
+    wait_for(
+        lambda: (
+            (bundle_data(world.cluster, tenant.namespace) or {}).get("ca.crt")
+            == before.get("ca.crt")
+        ),
+        timeout=60,
+        what="the bundle published again",
+    )
+    world.assert_victim_unchanged()
+    world.record("own trustwarden-bundle deleted", "published again by the operator")
+
+
 # ----------------------------------------------------------------------------- admin-side roles
 
 
