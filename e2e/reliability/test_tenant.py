@@ -808,6 +808,7 @@ def test_foreign_dns_names(world: World) -> None:
         ("wildcard", "*.{namespace}.svc", "cannot be wildcards"),
         ("label-over-63", "a" * 64 + ".{namespace}.svc", "63"),
     ],
+    ids=["wildcard", "label-over-63"],
 )
 def test_dns_names_refused_at_admission(world: World, case: str, name: str, expected: str) -> None:
     with pytest.raises(ApiException) as refused:
