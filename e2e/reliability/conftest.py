@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from e2e.reliability.controlplane import ControlPlane
+from e2e.reliability.controlplane import OPERATOR_NAMESPACE, ControlPlane
 from e2e.reliability.harness import INJECT, Operator, Results, SecretRecorder
 from e2e.reliability.invariants import Invariants
 from e2e.support import REPO, Cluster, apply_yaml, get_td, unique, wait_condition
 
 HERE = Path(__file__).resolve().parent
 STATE = HERE / ".state"
-OPNS = "tw-rel-system"
+OPNS = OPERATOR_NAMESPACE
 SUITE_DOMAIN = "rel"
 SUITE_TRUST_DOMAIN = "rel.example.org"
 

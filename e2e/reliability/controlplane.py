@@ -26,6 +26,7 @@ from kubernetes import client, config
 from e2e.support import REPO, Cluster, api_ready, wait_for
 
 OPERATOR_USER = "trustwarden-operator"
+OPERATOR_NAMESPACE = "tw-rel-system"
 
 AUDIT_POLICY = """\
 apiVersion: audit.k8s.io/v1
@@ -63,8 +64,21 @@ OPERATOR_RBAC = [
             },
             {
                 "apiGroups": [""],
-                "resources": ["secrets", "configmaps"],
+                "resources": ["secrets"],
                 "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+            },
+            # As the chart's ClusterRole: outside its own namespace, ConfigMaps are read,
+            # rewritten and deleted by the name trustwarden-bundle only (issue 15).
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "verbs": ["list", "watch", "create"],
+            },
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": ["trustwarden-bundle"],
+                "verbs": ["get", "update", "delete"],
             },
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
             {
@@ -88,6 +102,32 @@ OPERATOR_RBAC = [
                 "resources": ["customresourcedefinitions"],
                 "verbs": ["get", "list", "watch"],
             },
+        ],
+    },
+    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}},
+    {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "trustwarden-reliability", "namespace": OPERATOR_NAMESPACE},
+        "rules": [
+            {  # its ledgers and revocation lists
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "verbs": ["get", "list", "watch", "create", "update", "delete"],
+            }
+        ],
+    },
+    {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "trustwarden-reliability", "namespace": OPERATOR_NAMESPACE},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": "trustwarden-reliability",
+        },
+        "subjects": [
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": OPERATOR_USER}
         ],
     },
     {
@@ -231,6 +271,8 @@ class ControlPlane:
         """A client certificate for user trustwarden-operator (not system:masters, so API
         priority and max-in-flight limits apply to it) bound to a least-privilege role."""
         target = self.directory / "operator.kubeconfig"
+        for obj in OPERATOR_RBAC:  # idempotent, and current for a kept control plane
+            self.cluster.kubectl("apply", "-f", "-", input_text=json.dumps(obj))
         if target.exists():
             return target
         pki = self.directory / "pki"
@@ -292,8 +334,6 @@ class ControlPlane:
             )
         )
         target.chmod(0o600)
-        for obj in OPERATOR_RBAC:
-            self.cluster.kubectl("apply", "-f", "-", input_text=json.dumps(obj))
         return target
 
     # --- reading the audit log ---

@@ -253,11 +253,57 @@ def test_a_restart_takes_no_forged_certificate_into_the_ledger() -> None:
     asyncio.run(scenario())
 
 
-_KINDS = st.sampled_from(["copy", "look-alike", "random-serial", "garbage", "truncated"])
+_KINDS = st.sampled_from(
+    [
+        "copy",
+        "look-alike",
+        "random-serial",
+        "garbage",
+        "truncated",
+        "self-signed-issuer",
+        "chain-with-victim-anchor",
+    ]
+)
+
+
+def forged_issuer_chain(victim: x509.Certificate, serial: int) -> bytes:
+    """A self-signed CA of the tenant's that copies the victim issuer's name and key identifier,
+    then a leaf it signs with the victim's subject and SANs and `serial`: every name and
+    identifier matches, only the signatures are the tenant's."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    aki = victim.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert aki.key_identifier is not None
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(victim.issuer)
+        .issuer_name(victim.issuer)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(victim.not_valid_before_utc)
+        .not_valid_after(datetime(2099, 1, 1, tzinfo=UTC))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier(aki.key_identifier), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(victim.subject)
+        .issuer_name(victim.issuer)
+        .public_key(leaf_key.public_key())
+        .serial_number(serial)
+        .not_valid_before(victim.not_valid_before_utc)
+        .not_valid_after(victim.not_valid_after_utc)
+    )
+    for extension in victim.extensions:
+        if not isinstance(extension.value, x509.SubjectKeyIdentifier):
+            builder = builder.add_extension(extension.value, extension.critical)
+    leaf = builder.sign(ca_key, hashes.SHA256())
+    return pem(leaf) + pem(ca)
 
 
 @settings(
-    max_examples=25,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -278,6 +324,11 @@ def test_no_bytes_a_tenant_writes_change_the_victims_revocation_list(
             "random-serial": look_alike(victim, serial=serial, years=73),
             "garbage": data,
             "truncated": pem(victim)[: max(1, len(data) % 600)],
+            "self-signed-issuer": forged_issuer_chain(victim, victim.serial_number),
+            # The victim's real (public) anchor appended after a look-alike, as if it were
+            # the chain: the leaf's signature still is not the anchor's.
+            "chain-with-victim-anchor": look_alike(victim)
+            + base64.b64decode(kube.objects[("Secret", "vault", "api-svid")]["data"]["ca.crt"]),
         }[kind]
         before = victim_state(kube)
         tamper_own_secret(engine, kube, payload)
@@ -706,5 +757,213 @@ def test_a_pod_admitted_before_admission_tags_existed_keeps_being_renewed() -> N
         renewed = kube.objects[("Secret", "shop", "pods-svid-old")]["metadata"]["annotations"]
         assert renewed["trustwarden.io/serial"] != first["trustwarden.io/serial"]
         assert not [e for e in kube.events if e[2] == "NotAdmitted"]
+
+    asyncio.run(scenario())
+
+
+def _admitted_pod(name: str, uid: str) -> dict[str, Any]:
+    secret = f"pods-svid-{name}"
+    return _pod(
+        name,
+        uid,
+        secret,
+        {"trustwarden.io/admission": ADMISSION_KEY.tag("shop", "pods", secret)},
+    )
+
+
+def _edit_pod_annotations(engine: Engine, kube: FakeKube, name: str, **edits: str | None) -> None:
+    pod = copy.deepcopy(kube.objects[("Pod", "shop", name)])
+    annotations = pod["metadata"]["annotations"]
+    for key, value in edits.items():
+        wire = f"trustwarden.io/{key}"
+        if value is None:
+            annotations.pop(wire, None)
+        else:
+            annotations[wire] = value
+    pod["metadata"]["resourceVersion"] = kube._next_rv()
+    kube.objects[("Pod", "shop", name)] = pod
+    engine.observe_pod(copy.deepcopy(pod))
+
+
+def test_editing_a_pods_secret_annotation_after_admission_does_not_skip_its_revocation() -> None:
+    """Revocation bypass: the pod's owner renames or removes trustwarden.io/secret after
+    admission, then deletes the pod. What the operator recorded at admission decides."""
+
+    async def scenario() -> None:
+        for edit in ("renamed", None):
+            kube, clock = FakeKube(), FakeClock()
+            engine = make_engine(kube, clock)
+            world(engine)
+            for domain in ("bank", "prod"):
+                engine.scheduler.schedule(("td", domain), clock())
+            body = _admitted_pod("p1", "u-p1")
+            kube.objects[("Pod", "shop", "p1")] = body
+            engine.observe_pod(copy.deepcopy(body))
+            await drain(engine, clock)
+            secret = kube.objects[("Secret", "shop", "pods-svid-p1")]
+            serial = int(secret["metadata"]["annotations"]["trustwarden.io/serial"], 16)
+            _edit_pod_annotations(engine, kube, "p1", secret=edit)
+            await drain(engine, clock)
+            engine.forget_pod(kube.objects.pop(("Pod", "shop", "p1")))
+            await drain(engine, clock)
+            assert serial in engine.domains["prod"].revocations, f"edit={edit!r}: not revoked"
+            assert ("Secret", "shop", "pods-svid-p1") not in kube.objects or kube.objects[
+                ("Secret", "shop", "pods-svid-p1")
+            ]["metadata"].get("deletionTimestamp"), f"edit={edit!r}: Secret left behind"
+
+    asyncio.run(scenario())
+
+
+def test_an_edited_secret_annotation_after_a_restart_still_revokes_by_the_ledger() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        first = make_engine(kube, clock)
+        world(first)
+        for domain in ("bank", "prod"):
+            first.scheduler.schedule(("td", domain), clock())
+        body = _admitted_pod("p2", "u-p2")
+        kube.objects[("Pod", "shop", "p2")] = body
+        first.observe_pod(copy.deepcopy(body))
+        await drain(first, clock)
+        await first.flush()
+        serial = int(
+            kube.objects[("Secret", "shop", "pods-svid-p2")]["metadata"]["annotations"][
+                "trustwarden.io/serial"
+            ],
+            16,
+        )
+        second = make_engine(kube, clock)
+        world(second)
+        for (kind, _ns, name), obj in list(kube.objects.items()):
+            if kind == "Secret":
+                second.observe_secret(obj)
+            elif kind == "ConfigMap" and name.startswith("trustwarden-ledger-"):
+                second.observe_ledger(obj)
+        for domain in ("bank", "prod"):
+            second.scheduler.schedule(("td", domain), clock())
+        await drain(second, clock)
+        _edit_pod_annotations(second, kube, "p2", secret=None)
+        await drain(second, clock)
+        second.forget_pod(kube.objects.pop(("Pod", "shop", "p2")))
+        await drain(second, clock)
+        assert serial in second.domains["prod"].revocations
+
+    asyncio.run(scenario())
+
+
+def test_a_revocation_list_already_large_at_start_up_degrades_at_once() -> None:
+    """The Degraded condition and the metrics are evaluated when the stored list is loaded, not
+    only on the next write (which, with nothing new to revoke, never comes)."""
+
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        first = await issued_world(kube, clock)
+        runtime = first.domains["prod"]
+        authority = runtime.active()
+        assert authority is not None
+        for serial in range(1, 3500):
+            runtime.revoke(
+                serial,
+                authority.sha256,
+                clock() + timedelta(hours=1),
+                clock(),
+                "x",
+                namespace="shop",
+            )
+        first.dirty_revocations.add("prod")
+        await drain(first, clock)
+        kube.events.clear()
+        second = make_engine(kube, clock)
+        world(second)
+        for (kind, _ns, _name), obj in list(kube.objects.items()):
+            if kind == "Secret":
+                second.observe_secret(obj)
+        stored = ("ConfigMap", OPNS, "trustwarden-revocations-prod")
+        version = kube.objects[stored]["metadata"]["resourceVersion"]
+        second.scheduler.schedule(("td", "prod"), clock())
+        await drain(second, clock)
+        await second.flush_status()
+        # Nothing new was revoked, so the list was not written again: the check ran on load.
+        assert kube.objects[stored]["metadata"]["resourceVersion"] == version
+        status = kube.statuses[("TrustDomain", None, "prod")]
+        degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+        assert degraded["status"] == "True" and degraded["reason"] == "RevocationListLarge"
+        assert any(e[2] == "RevocationListLarge" for e in kube.events)
+        entries = second.metrics.registry.get_sample_value(
+            "trustwarden_revocation_entries", {"trust_domain": "prod.example.org"}
+        )
+        assert entries == 3499
+
+    asyncio.run(scenario())
+
+
+def test_a_handmade_secret_asking_for_revocation_is_told_nothing_was_revoked() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        engine = await issued_world(kube, clock)
+        before = victim_state(kube)
+        handmade_secret(engine, kube, "forged", pem(victim_leaf(kube)), "uid-x", "web")
+        await drain(engine, clock)
+        refused = [e for e in kube.events if e[0].name == "forged" and e[0].kind == "Secret"]
+        assert [e[2] for e in refused] == ["RevocationRefused"]
+        assert "nothing was revoked" in refused[0][3]
+        assert victim_state(kube) == before
+        # The tenant's own Secret asking for revocation is answered by its identity instead.
+        tamper_own_secret(engine, kube, pem(victim_leaf(kube)))
+        await drain(engine, clock)
+        assert not [e for e in kube.events if e[0].kind == "Secret" and e[0].name == "web-svid"]
+
+    asyncio.run(scenario())
+
+
+def test_a_tenant_looping_on_emergency_revocation_cannot_fill_the_domains_list() -> None:
+    """Each emergency revocation of a live owner is answered with a fresh certificate, so a
+    loop on one's own Secret adds an entry per turn. Past EMERGENCY_PER_NAMESPACE the request
+    is refused with a reason (the Secret still gets a fresh certificate); revocation on
+    deletion is not capped."""
+    from trustwarden.reconcile.revocationquota import EMERGENCY_PER_NAMESPACE
+
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        engine = await issued_world(kube, clock)
+        runtime = engine.domains["prod"]
+        authority = runtime.active()
+        assert authority is not None
+
+        def revoke_own() -> int:
+            secret = kube.objects[("Secret", "shop", "web-svid")]
+            serial = int(secret["metadata"]["annotations"]["trustwarden.io/serial"], 16)
+            secret["metadata"]["annotations"]["trustwarden.io/revoke"] = "loop"
+            secret["metadata"]["resourceVersion"] = kube._next_rv()
+            engine.observe_secret(copy.deepcopy(secret))
+            return serial
+
+        for _ in range(3):  # the real path, a few turns
+            serial = revoke_own()
+            await drain(engine, clock)
+            assert serial in runtime.revocations
+        for filler in range(1, EMERGENCY_PER_NAMESPACE - 2):  # the rest of the loop, quickly
+            runtime.revoke(
+                filler,
+                authority.sha256,
+                clock() + timedelta(hours=1),
+                clock(),
+                "Emergency",
+                namespace="shop",
+            )
+        held = len(runtime.revocations)
+        serial = revoke_own()
+        await drain(engine, clock)
+        assert serial not in runtime.revocations and len(runtime.revocations) == held
+        notes = [e[3] for e in kube.events if e[2] == "RevocationQuotaExceeded"]
+        assert notes and "was NOT revoked" in notes[0] and "namespace shop" in notes[0]
+        annotations = kube.objects[("Secret", "shop", "web-svid")]["metadata"]["annotations"]
+        assert annotations["trustwarden.io/serial"] != format(serial, "x")  # a fresh one
+        assert "trustwarden.io/revoke" not in annotations
+        # Deleting the owner still revokes what it holds.
+        current = int(annotations["trustwarden.io/serial"], 16)
+        engine.forget_workload_identity("shop", "web")
+        await drain(engine, clock)
+        assert current in runtime.revocations
 
     asyncio.run(scenario())

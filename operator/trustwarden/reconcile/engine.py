@@ -107,6 +107,7 @@ from trustwarden.reconcile.observed import (
 )
 from trustwarden.reconcile.ports import ConflictError, KubePort, NotFoundError, ObjectRef
 from trustwarden.reconcile.reflector import Reflector, key_of
+from trustwarden.reconcile.revocationquota import emergency_quota
 from trustwarden.reconcile.scheduler import DeadlineScheduler, utcnow
 from trustwarden.reconcile.secretbody import leaf_annotations, svid_metadata, svid_secret
 from trustwarden.reconcile.status import StatusWriter
@@ -240,6 +241,10 @@ class Engine:
         # Owner UID -> its work key, so an owner whose serial is revoked while it lives is
         # reissued at once rather than at its next renewal.
         self._keys_by_uid: dict[str, Hashable] = {}
+        # Pod UID -> the Secret the webhook named for it, as verified at its first admitted
+        # reconcile. Revocation on deletion goes by this (and the ledger), never by the pod's
+        # annotations at that time: their owner can edit them after admission.
+        self._admitted_secret: dict[str, str] = {}
         self._persisted: set[tuple[str, str]] = set()  # held ones whose revocation is stored
         self._observed_seq = 0
         self._seen: dict[tuple[str, str, str], int] = {}
@@ -456,8 +461,9 @@ class Engine:
         self._written.discard(("pod", *key))
         self._create_conflicts.discard(("pod", *key))
         self.repairs.pop(("pod", *key), None)
-        if known.secret_name:
-            self._schedule(("gone", known.namespace, known.secret_name, known.uid))
+        secret_name = self._admitted_secret.pop(known.uid, None) or known.secret_name
+        if secret_name or known.identity:
+            self._schedule(("gone", known.namespace, secret_name or "", known.uid))
 
     def observe_secret(self, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
@@ -481,6 +487,8 @@ class Engine:
         ):
             return  # the echo of our own write, or an edit that changes nothing we act on
         self._poke_secret_owner(info)
+        if info.revoke_request is not None and not is_state:
+            self._schedule(("refuse", *key))
 
     def forget_secret(self, namespace: str, name: str) -> None:
         info = self.secrets.pop((namespace, name), None)
@@ -559,6 +567,8 @@ class Engine:
                 await self._release(key[1], key[2])
             elif kind == "catchup":
                 await self._catch_up()
+            elif kind == "refuse":
+                await self._refuse_targetless_revocation(key[1], key[2])
             if self.failures.get(key) is before:
                 self.failures.pop(key, None)
         except ConflictError:
@@ -656,6 +666,7 @@ class Engine:
         if not runtime.loaded and runtime.stored_revocations is not None:
             runtime.reuse_stored_crl(runtime.stored_revocations, now)
             runtime.stored_revocations = None
+        first_load = not runtime.loaded
         runtime.loaded = True
         anchors_after = {sha256_hex(c) for c in runtime.anchors(now)}
         if anchors_after != anchors_before or previous_spec != spec:
@@ -673,6 +684,10 @@ class Engine:
                 self.dirty_revocations.add(name)
                 self._mark_domain_bundles(runtime)
         self._publish_ca_metrics(runtime)
+        if first_load:
+            # A list that was already large when we started must say so now, not at the
+            # next write (which may never come).
+            await self._note_revocation_load(runtime)
         self.dirty_status.add(status_key)
         if next_at is not None:
             self._schedule(("td", name), max(next_at, now + timedelta(seconds=1)))
@@ -1416,8 +1431,10 @@ class Engine:
     async def _reconcile_pod(self, namespace: str, name: str) -> None:
         pod = self.pods.get((namespace, name))
         if pod is None or pod.deleting:
-            if pod is not None and pod.secret_name:
-                await self._revoke_orphan(namespace, pod.secret_name, pod.uid)
+            if pod is not None:
+                secret_name = self._admitted_secret.get(pod.uid) or pod.secret_name
+                if secret_name or pod.identity:
+                    await self._revoke_orphan(namespace, secret_name or "", pod.uid)
             return
         ns_info = self.namespaces.get(namespace)
         if ns_info is None or not ns_info.injection_enabled or not pod.identity:
@@ -1427,6 +1444,7 @@ class Engine:
             await self._refuse_unadmitted(pod, key)
             return
         assert pod.secret_name is not None
+        self._admitted_secret[pod.uid] = pod.secret_name
         spec = self.wids.get((namespace, pod.identity))
         if spec is None or spec.mode is not DeliveryMode.PER_POD:
             self.failures[key] = Failure(
@@ -1651,7 +1669,21 @@ class Engine:
             # Emergency revocation requested (trustwarden revoke): the serial goes into the CRL
             # now, and the workload gets a fresh key and certificate in the same Secret.
             reason = observed.revoke_request[:256] or "requested"
-            if self._revoke_current(observed, target.owner.uid, "Emergency") is not None:
+            over = emergency_quota(
+                target.domain.revocations.values(), target.namespace, target.domain.name
+            )
+            if over is not None and facts is not None:
+                await self._event(
+                    self._wid_ref(target.wid),
+                    "Warning",
+                    "RevocationQuotaExceeded",
+                    over.message(
+                        f"{target.namespace}/{target.secret_name}",
+                        facts.serial_hex,
+                        facts.not_after,
+                    ),
+                )
+            elif self._revoke_current(observed, target.owner.uid, "Emergency") is not None:
                 await self._event(
                     self._wid_ref(target.wid),
                     "Warning",
@@ -2116,6 +2148,31 @@ class Engine:
         self.ledger.forget(info.namespace, [entry.serial])
         return domain
 
+    async def _refuse_targetless_revocation(self, namespace: str, name: str) -> None:
+        """A Secret asks for revocation but is no identity's or admitted pod's Secret (e.g. one
+        made by hand, labelled as ours): it revokes nothing, and says so where its author
+        looks. A target's own Secret is answered by the target (Revoked or RevocationRefused)."""
+        info = self.secrets.get((namespace, name))
+        if info is None or info.revoke_request is None:
+            return
+        for wid_name in self.wids_by_ns.get(namespace, ()):
+            spec = self.wids[(namespace, wid_name)]
+            if spec.mode is DeliveryMode.SHARED and spec.secret_name == name:
+                return
+        for pod_name in self.pods_by_wid.get((namespace, info.identity or ""), ()):
+            pod = self.pods.get((namespace, pod_name))
+            if pod is not None and pod.secret_name == name:
+                return
+        await self._event(
+            ObjectRef("v1", "Secret", name, namespace, info.uid),
+            "Warning",
+            "RevocationRefused",
+            f"Secret {namespace}/{name} asks for revocation, but trustwarden issued nothing into "
+            "it for a WorkloadIdentity or an admitted pod of this namespace; nothing was revoked. "
+            "A certificate in a Secret is never evidence: trustwarden revokes only what its "
+            "ledger says it issued to that owner",
+        )
+
     def _issued_here(self, info: SecretInfo) -> LedgerEntry | None:
         """The ledger entry of the certificate in `info`, if trustwarden issued it into this
         namespace to one of the Secret's owners (what status counts and inventory trust)."""
@@ -2140,8 +2197,21 @@ class Engine:
                 ("gone", namespace, secret_name, owner_uid), self.clock() + timedelta(seconds=1)
             )
             return
+        if not secret_name:
+            # The pod's Secret annotation was edited after admission and this run never saw
+            # it admitted (a restart): the ledger still knows what was issued to the pod.
+            secret_name = next(
+                (
+                    name
+                    for (ns, name), info in self.secrets.items()
+                    if ns == namespace and owner_uid in info.owner_uids and info.managed
+                ),
+                "",
+            )
         self._departed.pop((namespace, secret_name), None)
         domains = self._revoke_owner(namespace, owner_uid, "PodDeleted")
+        if not secret_name:
+            return
         observed = self.secrets.get((namespace, secret_name))
         if observed is None:
             # Not in our label-filtered cache: its managed-by label may have been removed by
