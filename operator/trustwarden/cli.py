@@ -223,9 +223,32 @@ def _add_ops(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rotate.add_argument("trust_domain", metavar="TRUSTDOMAIN", help="TrustDomain name")
     rotate.add_argument(
         "--activate-after",
-        default="1m",
+        default=None,
         metavar="DURATION",
-        help="how long the new anchor is published before it signs (default 1m)",
+        help="how long the new anchor is published before it signs (default: the "
+        "operator's max(3m, 1.5 x propagationDelay), shown by `ca status`). A shorter value "
+        "asks for confirmation (or --force): pods whose kubelet has not yet written the new "
+        "anchor would reject the new certificates",
+    )
+    mode = rotate.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--cross-sign",
+        action="store_true",
+        help="the old authority certifies the new one and re-issued certificates carry that "
+        "cross-certificate, so clients that still trust only the old anchor verify them: "
+        "safe with a short --activate-after (the old key must not be compromised)",
+    )
+    mode.add_argument(
+        "--compromised",
+        action="store_true",
+        help="the old key may be compromised: no cross-signing, activate at once, drop the "
+        "old anchor and revoke its certificates. Clients with stale trust stores FAIL until "
+        "their volumes update",
+    )
+    rotate.add_argument(
+        "--force",
+        action="store_true",
+        help="accept an --activate-after shorter than the default without asking",
     )
     rotate.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     rotate.add_argument(
@@ -237,7 +260,7 @@ def _add_ops(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rotate.add_argument(
         "--timeout",
         metavar="DURATION",
-        help="how long to wait (default: --activate-after plus 2m)",
+        help="how long to wait (default: the activation delay plus 2m)",
     )
 
 
@@ -390,6 +413,9 @@ def _ops(args: argparse.Namespace) -> int:
             ctx,
             name=args.trust_domain,
             activate_after=args.activate_after,
+            cross_sign=args.cross_sign,
+            compromised=args.compromised,
+            force=args.force,
             yes=args.yes,
             wait=args.wait,
             timeout=commands.parse_duration_arg(args.timeout, "--timeout")

@@ -91,8 +91,8 @@ def activation_risk(
         return None
     return (
         f"activating after {format_duration(activate_after)} is shorter than the default "
-        f"{format_duration(default)} (1.5 x the kubelet propagation delay of "
-        f"{format_duration(propagation_delay)}, at least {format_duration(floor)}). Pods whose "
+        f"{format_duration(default)}, which covers the kubelet propagation delay of "
+        f"{format_duration(propagation_delay)} with margin. Pods whose "
         "kubelet has not yet written the new anchor into their volume will reject the "
         "certificates the new authority signs (CERTIFICATE_VERIFY_FAILED) until it does. "
         "Use --cross-sign to rotate quickly without that risk"
@@ -160,4 +160,6 @@ def plan_activation(
             f"requested: {after} after the request, shorter than the default "
             f"{format_duration(default)}: pods whose kubelet lags may reject new certificates"
         )
-    return ActivationPlan(at, reason + f"; activates at {to_rfc3339(at)} once every bundle holds it")
+    return ActivationPlan(
+        at, reason + f"; activates at {to_rfc3339(at)} once every bundle holds it"
+    )

@@ -41,8 +41,8 @@ __all__ = [
     "TransitionKind",
     "advance",
     "force_rotate",
-    "pending_activation",
     "next_event_at",
+    "pending_activation",
     "record_from_dict",
     "record_issued",
     "record_to_dict",
@@ -289,7 +289,9 @@ def _step(
             record.cross_signer not in {r.sha256 for r in records if r is not record}
             or now >= record.cross_certificate.not_valid_after_utc
         ):
-            _replace_record(records, record, replace(record, cross_certificate=None, cross_signer=None))
+            _replace_record(
+                records, record, replace(record, cross_certificate=None, cross_signer=None)
+            )
             note(
                 TransitionKind.uncrossed,
                 record.authority,
@@ -504,8 +506,7 @@ def pending_activation(aset: AuthoritySet) -> tuple[AuthorityRecord, datetime, s
         return (
             prepared,
             prepared.planned_activation,
-            prepared.activation_reason
-            or "planned activation (a forced rotation or a CA recovery)",
+            prepared.activation_reason or "planned activation (a forced rotation or a CA recovery)",
         )
     if active is not None:
         return (

@@ -42,7 +42,7 @@ from trustwarden.pki.ca import (
     load_anchors,
     load_authority_from_pem,
 )
-from trustwarden.pki.durations import format_duration, parse_duration
+from trustwarden.pki.durations import format_duration
 from trustwarden.pki.errors import PKIError
 from trustwarden.pki.issue import LeafFacts, LeafRequest, issue_leaf, ttl_cap
 from trustwarden.pki.propagation import DEFAULT_PROPAGATION_DELAY, MIN_ACTIVATE_AFTER
@@ -920,9 +920,7 @@ class Engine:
             started_message(req, new.serial_hex if new else "?"),
         )
         if req.warning:
-            await self._event(
-                self._domain_ref(runtime), "Warning", "RotationRisk", req.warning
-            )
+            await self._event(self._domain_ref(runtime), "Warning", "RotationRisk", req.warning)
 
     def _ca_data_sha(self, runtime: DomainRuntime) -> str:
         data = self._ca_secret_data(runtime)
@@ -1854,9 +1852,7 @@ class Engine:
             usages=desired.usages,
         )
         now = self.clock()
-        leaf = issue_leaf(
-            authority, request, now, cross_chain_pem=target.domain.cross_chain_pem()
-        )
+        leaf = issue_leaf(authority, request, now, cross_chain_pem=target.domain.cross_chain_pem())
         renew_at = renew_point(
             leaf,
             desired.renew_at,
@@ -2841,7 +2837,16 @@ class Engine:
         }
 
 
-_AUTHORITY_STATUS_KEYS = {"serial", "sha256", "notBefore", "notAfter", "state"}
+_AUTHORITY_STATUS_KEYS = {
+    "serial",
+    "sha256",
+    "notBefore",
+    "notAfter",
+    "state",
+    "plannedActivation",
+    "compromisedAt",
+    "crossSigner",
+}
 
 
 class _CAError(PKIError):

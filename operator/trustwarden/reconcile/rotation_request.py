@@ -93,9 +93,7 @@ def parse_request(
     plan = plan_activation(
         now, mode, activate_after, propagation_delay, requested=requested, floor=floor
     )
-    return RotationRequest(
-        request, mode, activate_after, requested, risk, plan, propagation_delay
-    )
+    return RotationRequest(request, mode, activate_after, requested, risk, plan, propagation_delay)
 
 
 def started_message(req: RotationRequest, serial: str) -> str:
