@@ -124,7 +124,7 @@ def test_compromised_rotation_revokes_and_drops_the_old_anchor_at_once() -> None
         assert old.sha256 not in anchors_of(kube)
         (warning,) = [e for e in kube.events if e[2] == "RotationRisk"]
         assert "WILL FAIL" in warning[3]
-        td = (await status(engine, kube))
+        td = await status(engine, kube)
         assert any("compromisedAt" in a for a in td["authorities"])
 
     asyncio.run(scenario())

@@ -188,9 +188,7 @@ def test_rotate_reports_progress_until_active() -> None:
         ["wait", "prepare", "publish:ledger", "wait", "publish:payments", "wait", "activate"]
     )
     context, out = ctx(port)
-    assert (
-        commands.ca_rotate(context, name="prod", activate_after="30s", yes=True, force=True) == 0
-    )
+    assert commands.ca_rotate(context, name="prod", activate_after="30s", yes=True, force=True) == 0
     (patch,) = [p for _, _, p in port.patches]
     annotations = patch["metadata"]["annotations"]
     assert annotations["trustwarden.io/activate-after"] == "30s"
