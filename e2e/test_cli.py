@@ -383,7 +383,7 @@ def test_ca_status_and_rotate_publish_before_signing(
         before = {a["sha256"] for a in get_td(cluster, name)["status"]["authorities"]}
 
         rotate = subprocess.Popen(
-            [TRUSTWARDEN, "ca", "rotate", name, "--activate-after", "5s", "--yes",
+            [TRUSTWARDEN, "ca", "rotate", name, "--activate-after", "5s", "--yes", "--force",
              "--timeout", "120s", "--kubeconfig", str(cluster.kubeconfig)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -11,7 +11,7 @@ import shutil
 import socket
 import sys
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -79,6 +79,21 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument("--lease-duration", type=float, default=15.0, help="leader lease seconds")
     run.add_argument(
         "--identity", default=None, help="leader-election identity (default: host-pid-random)"
+    )
+    run.add_argument(
+        "--propagation-delay",
+        default=os.environ.get("TRUSTWARDEN_PROPAGATION_DELAY", "2m"),
+        metavar="DURATION",
+        help="worst case before a pod sees a changed Secret or ConfigMap volume (the "
+        "kubelet's sync period plus its cache TTL; default 2m). A forced CA rotation waits "
+        "max(--min-activate-after, 1.5 x this) before the new authority signs",
+    )
+    run.add_argument(
+        "--min-activate-after",
+        default="3m",
+        metavar="DURATION",
+        help="floor of the derived default activation delay (default 3m); lower it only on "
+        "clusters whose kubelet delays you have measured, e.g. test clusters",
     )
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
@@ -208,9 +223,32 @@ def _add_ops(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rotate.add_argument("trust_domain", metavar="TRUSTDOMAIN", help="TrustDomain name")
     rotate.add_argument(
         "--activate-after",
-        default="1m",
+        default=None,
         metavar="DURATION",
-        help="how long the new anchor is published before it signs (default 1m)",
+        help="how long the new anchor is published before it signs (default: the "
+        "operator's max(3m, 1.5 x propagationDelay), shown by `ca status`). A shorter value "
+        "asks for confirmation (or --force): pods whose kubelet has not yet written the new "
+        "anchor would reject the new certificates",
+    )
+    mode = rotate.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--cross-sign",
+        action="store_true",
+        help="the old authority certifies the new one and re-issued certificates carry that "
+        "cross-certificate, so clients that still trust only the old anchor verify them: "
+        "safe with a short --activate-after (the old key must not be compromised)",
+    )
+    mode.add_argument(
+        "--compromised",
+        action="store_true",
+        help="the old key may be compromised: no cross-signing, activate at once, drop the "
+        "old anchor and revoke its certificates. Clients with stale trust stores FAIL until "
+        "their volumes update",
+    )
+    rotate.add_argument(
+        "--force",
+        action="store_true",
+        help="accept an --activate-after shorter than the default without asking",
     )
     rotate.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     rotate.add_argument(
@@ -222,7 +260,7 @@ def _add_ops(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rotate.add_argument(
         "--timeout",
         metavar="DURATION",
-        help="how long to wait (default: --activate-after plus 2m)",
+        help="how long to wait (default: the activation delay plus 2m)",
     )
 
 
@@ -244,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_duration(text: str, flag: str) -> timedelta:
+    from trustwarden.ops.commands import parse_duration_arg
+
+    return parse_duration_arg(text, flag)
+
+
 def _run(args: argparse.Namespace) -> int:
     # The operator talks to the API through aiohttp (trustwarden.k8s.http). kopf imports the
     # `kubernetes` client when it is installed, only to recognise its model classes, which
@@ -259,6 +303,8 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger("kopf").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per admission review
     identity = args.identity or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    propagation_delay = _run_duration(args.propagation_delay, "--propagation-delay")
+    min_activate_after = _run_duration(args.min_activate_after, "--min-activate-after")
     config = OperatorConfig(
         operator_namespace=args.namespace,
         local=args.local,
@@ -277,6 +323,8 @@ def _run(args: argparse.Namespace) -> int:
         leader_elect=not args.no_leader_elect,
         lease_duration=args.lease_duration,
         identity=identity,
+        propagation_delay=propagation_delay,
+        min_activate_after=min_activate_after,
     )
     asyncio.run(run(config))
     return 0
@@ -365,6 +413,9 @@ def _ops(args: argparse.Namespace) -> int:
             ctx,
             name=args.trust_domain,
             activate_after=args.activate_after,
+            cross_sign=args.cross_sign,
+            compromised=args.compromised,
+            force=args.force,
             yes=args.yes,
             wait=args.wait,
             timeout=commands.parse_duration_arg(args.timeout, "--timeout")

@@ -28,6 +28,7 @@ REVOKE_ANNOTATION = "trustwarden.io/revoke"
 RENEW_AT_ANNOTATION = "trustwarden.io/renew-at"
 ROTATE_ANNOTATION = "trustwarden.io/rotate"
 ACTIVATE_AFTER_ANNOTATION = "trustwarden.io/activate-after"
+ROTATION_MODE_ANNOTATION = "trustwarden.io/rotation-mode"  # cross-signed or compromised
 SERIAL_ANNOTATION = "trustwarden.io/serial"
 ISSUER_ANNOTATION = "trustwarden.io/issuer"
 OWNER_ANNOTATION = "trustwarden.io/owner"

@@ -188,7 +188,7 @@ def test_rotate_reports_progress_until_active() -> None:
         ["wait", "prepare", "publish:ledger", "wait", "publish:payments", "wait", "activate"]
     )
     context, out = ctx(port)
-    assert commands.ca_rotate(context, name="prod", activate_after="30s", yes=True) == 0
+    assert commands.ca_rotate(context, name="prod", activate_after="30s", yes=True, force=True) == 0
     (patch,) = [p for _, _, p in port.patches]
     annotations = patch["metadata"]["annotations"]
     assert annotations["trustwarden.io/activate-after"] == "30s"
@@ -229,3 +229,41 @@ def test_parse_duration_arg() -> None:
     assert commands.parse_duration_arg("1m30s", "--timeout") == timedelta(seconds=90)
     with pytest.raises(UsageError, match="--timeout"):
         commands.parse_duration_arg("7d", "--timeout")
+
+
+def test_rotation_defaults_come_from_the_operator_status() -> None:
+    body = td_body([(ACTIVE, "Active"), (NEXT, "Prepared")])
+    body["status"]["rotation"] = {
+        "propagationDelay": "10m",
+        "defaultActivateAfter": "15m",
+        "nextAuthority": "c0c",
+        "activatesAt": "2026-01-01T00:15:00Z",
+        "reason": "default: 15m after the request = max(3m, 1.5 x propagationDelay 10m)",
+    }
+    view = ca_mod.domain_view(body)
+    assert view.propagation_delay == timedelta(minutes=10)
+    default = ca_mod.choose_rotation(view, None)
+    assert default.activate_after == timedelta(minutes=15) and default.risk is None
+    assert default.annotation is None  # the operator derives it
+    short = ca_mod.choose_rotation(view, timedelta(minutes=5))
+    assert short.risk is not None and "shorter than the default 15m" in short.risk
+    assert short.annotation == "5m"
+    assert ca_mod.choose_rotation(view, timedelta(seconds=5), cross_sign=True).risk is None
+    gone = ca_mod.choose_rotation(view, None, compromised=True)
+    assert gone.activate_after == timedelta(0) and gone.warning is not None
+    with pytest.raises(UsageError, match="drop --activate-after"):
+        ca_mod.choose_rotation(view, timedelta(seconds=5), compromised=True)
+    text = ca_mod.format_status(view, [], NOW)
+    assert "next authority c0c activates at 2026-01-01T00:15:00Z: default: 15m" in text
+    # An operator that reports nothing yet: the documented defaults.
+    bare = ca_mod.domain_view(td_body([(ACTIVE, "Active")]))
+    assert ca_mod.choose_rotation(bare, None).activate_after == timedelta(minutes=3)
+
+
+def test_rotate_asks_before_a_short_activation() -> None:
+    port = rotate_cluster()
+    context, _ = ctx(port, answer=False)
+    with pytest.raises(AbortedError):
+        commands.ca_rotate(context, name="prod", activate_after="30s")
+    assert port.patches == []
+    assert "CERTIFICATE_VERIFY_FAILED" in context.err.getvalue()  # type: ignore[attr-defined]

@@ -194,9 +194,32 @@ def test_ca_commands(port: FakePort, capsys: pytest.CaptureFixture[str]) -> None
     assert "Authorities:" in capsys.readouterr().out
     assert cli.main(["ca", "status", "nope"]) == 1
     assert "trustwarden ca status: error: TrustDomain nope not found" in capsys.readouterr().err
-    assert cli.main(["ca", "rotate", "prod", "--yes", "--no-wait", "--activate-after", "2m"]) == 0
+    assert cli.main(["ca", "rotate", "prod", "--yes", "--no-wait", "--activate-after", "5m"]) == 0
     annotations = port.domains["prod"]["metadata"]["annotations"]
-    assert annotations["trustwarden.io/activate-after"] == "2m"
+    assert annotations["trustwarden.io/activate-after"] == "5m"
+    assert annotations["trustwarden.io/rotation-mode"] is None  # a merge patch removes it
+    capsys.readouterr()
+    # Shorter than the default (3m): refused without --force when nothing can be asked...
+    argv = ["ca", "rotate", "prod", "--yes", "--no-wait", "--activate-after", "30s"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "shorter than the default 3m" in err and "pass --force" in err
+    assert "reject the certificates the new authority signs" in err
+    assert annotations["trustwarden.io/activate-after"] == "5m"  # nothing was written
+    # ...accepted with it, and no risk at all with --cross-sign.
+    assert cli.main([*argv, "--force"]) == 0
+    assert annotations["trustwarden.io/activate-after"] == "30s"
+    assert cli.main([*argv, "--cross-sign"]) == 0
+    assert annotations["trustwarden.io/rotation-mode"] == "cross-sign"
+    # No --activate-after: the operator derives it; the CLI says what it will be.
+    assert cli.main(["ca", "rotate", "prod", "--yes", "--no-wait", "--compromised"]) == 0
+    out = capsys.readouterr().out
+    assert annotations["trustwarden.io/rotation-mode"] == "compromised"
+    assert annotations["trustwarden.io/activate-after"] is None
+    assert "Clients with stale trust stores WILL FAIL until their volumes update" in out
+    with pytest.raises(SystemExit):
+        cli.main(["ca", "rotate", "prod", "--compromised", "--cross-sign", "--yes"])
+    assert "not allowed with" in capsys.readouterr().err
 
 
 def test_run_subcommand_is_unchanged() -> None:

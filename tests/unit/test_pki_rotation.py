@@ -222,7 +222,13 @@ def test_from_dicts_missing_authority() -> None:
 
 
 def test_transition_kinds_are_strings() -> None:
-    assert [k.value for k in TransitionKind] == ["prepared", "activated", "retired", "dropped"]
+    assert [k.value for k in TransitionKind] == [
+        "prepared",
+        "activated",
+        "retired",
+        "dropped",
+        "uncrossed",
+    ]
 
 
 def test_no_private_key_material_in_any_repr() -> None:

@@ -193,6 +193,8 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
             concurrency=config.concurrency,
             cluster_domain=config.cluster_domain,
             watch_namespaces=frozenset(config.watch_namespaces) or None,
+            propagation_delay=config.propagation_delay,
+            min_activate_after=config.min_activate_after,
         ),
         metrics,
     )

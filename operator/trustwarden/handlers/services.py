@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from trustwarden.k8s.gateway import KubeGateway
 from trustwarden.metrics import Metrics
@@ -33,6 +34,8 @@ class OperatorConfig:
     lease_name: str = "trustwarden-leader"
     lease_duration: float = 15.0
     identity: str = "trustwarden"
+    propagation_delay: timedelta = timedelta(minutes=2)
+    min_activate_after: timedelta = timedelta(minutes=3)
 
 
 @dataclass

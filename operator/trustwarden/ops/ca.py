@@ -1,10 +1,12 @@
 """`trustwarden ca status` and `trustwarden ca rotate`: authorities from the TrustDomain
 status, their coverage in the namespace bundles, and rotation progress.
 
-Contract with the operator for a rotation: annotations ``trustwarden.io/rotate=<new id>`` and
-``trustwarden.io/activate-after=<duration>`` on the TrustDomain make it prepare a new authority
-(``Prepared``), publish it in every entitled bundle, and activate it after the duration and
-only once every bundle holds it.
+Contract with the operator for a rotation: annotations ``trustwarden.io/rotate=<new id>``,
+optionally ``trustwarden.io/activate-after=<duration>`` (default: the operator's
+``status.rotation.defaultActivateAfter``, derived from its propagation delay) and
+``trustwarden.io/rotation-mode`` (``cross-sign`` or ``compromised``) on the TrustDomain make it
+prepare a new authority (``Prepared``), publish it in every entitled bundle, and activate it
+after the duration and only once every bundle holds it (``compromised``: at once).
 """
 
 from __future__ import annotations
@@ -12,11 +14,26 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import datetime, timedelta
 from typing import Any
 
-from trustwarden.names import ACTIVATE_AFTER_ANNOTATION, BUNDLE_CONFIGMAP, ROTATE_ANNOTATION
+from trustwarden.names import (
+    ACTIVATE_AFTER_ANNOTATION,
+    BUNDLE_CONFIGMAP,
+    ROTATE_ANNOTATION,
+    ROTATION_MODE_ANNOTATION,
+)
 from trustwarden.pki._x509util import sha256_hex
+from trustwarden.pki.durations import format_duration, parse_duration
+from trustwarden.pki.errors import PKIError
+from trustwarden.pki.propagation import (
+    DEFAULT_PROPAGATION_DELAY,
+    RotationMode,
+    activation_risk,
+    compromised_warning,
+    default_activate_after,
+)
 
 from .errors import UsageError
 from .format import Column, human_duration, render_table, rfc3339, short_time, truncate
@@ -51,6 +68,19 @@ class DomainView:
     conditions: tuple[Mapping[str, Any], ...]
     namespaces: int  # status.namespaces: how many namespaces are entitled to the anchors
     rotation_request: str | None
+    # status.rotation, as the operator reports it (empty before it does)
+    rotation: Mapping[str, Any] = dataclass_field(default_factory=dict)
+
+    @property
+    def propagation_delay(self) -> timedelta:
+        return _status_duration(self.rotation.get("propagationDelay")) or DEFAULT_PROPAGATION_DELAY
+
+    @property
+    def default_activate_after(self) -> timedelta:
+        """What the operator uses when no ``--activate-after`` is given."""
+        return _status_duration(
+            self.rotation.get("defaultActivateAfter")
+        ) or default_activate_after(self.propagation_delay)
 
     @property
     def active(self) -> AuthorityView | None:
@@ -85,7 +115,17 @@ def domain_view(body: Body) -> DomainView:
         conditions=tuple(dict(c) for c in status.get("conditions") or ()),
         namespaces=int(status.get("namespaces") or 0),
         rotation_request=annotations_of(body).get(ROTATE_ANNOTATION),
+        rotation=dict(status.get("rotation") or {}),
     )
+
+
+def _status_duration(value: object) -> timedelta | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return parse_duration(value, field="status.rotation")
+    except PKIError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -219,6 +259,14 @@ def format_status(
         active = domain.active
         if active is not None and active.not_after is not None:
             lines.append(f"  active authority expires in {human_duration(active.not_after - now)}")
+        pending = format_pending(domain)
+        if pending:
+            lines.append(pending)
+        if domain.rotation.get("crossSignedBy"):
+            lines.append(
+                f"  active authority is cross-signed by {domain.rotation['crossSignedBy']}: new "
+                "certificates verify against the old anchor too"
+            )
     lines.append("")
     expected = max(domain.namespaces, len(bundles))
     lines.append(
@@ -266,12 +314,75 @@ def rotation_request_id(now: datetime, previous: str | None) -> str:
     return request if request != previous else f"{request}-1"
 
 
-def rotate_patch(request: str, activate_after: str) -> dict[str, Any]:
+def rotate_patch(
+    request: str, activate_after: str | None, mode: RotationMode = RotationMode.standard
+) -> dict[str, Any]:
+    """A merge patch: ``None`` removes what an earlier rotation left (the operator then
+    derives the default activation delay, and rotates in the standard mode)."""
     return {
         "metadata": {
-            "annotations": {ROTATE_ANNOTATION: request, ACTIVATE_AFTER_ANNOTATION: activate_after}
+            "annotations": {
+                ROTATE_ANNOTATION: request,
+                ACTIVATE_AFTER_ANNOTATION: activate_after,
+                ROTATION_MODE_ANNOTATION: None if mode is RotationMode.standard else mode.value,
+            }
         }
     }
+
+
+@dataclass(frozen=True)
+class RotationChoice:
+    """What `trustwarden ca rotate` will ask for, and what it risks."""
+
+    mode: RotationMode
+    activate_after: timedelta
+    explicit: bool  # --activate-after was given
+    default: timedelta  # the operator's default activation delay
+    propagation_delay: timedelta
+    risk: str | None  # a shorter delay than the default: needs confirmation or --force
+    warning: str | None  # said plainly before anything happens (--compromised)
+
+    @property
+    def annotation(self) -> str | None:
+        return format_duration(self.activate_after) if self.explicit else None
+
+
+def choose_rotation(
+    domain: DomainView,
+    activate_after: timedelta | None,
+    *,
+    cross_sign: bool = False,
+    compromised: bool = False,
+) -> RotationChoice:
+    if cross_sign and compromised:
+        raise UsageError(
+            "give --cross-sign or --compromised, not both: a compromised key must not vouch "
+            "for its successor"
+        )
+    if compromised and activate_after is not None:
+        raise UsageError("--compromised activates the new authority at once; drop --activate-after")
+    mode = (
+        RotationMode.compromised
+        if compromised
+        else RotationMode.cross_sign
+        if cross_sign
+        else RotationMode.standard
+    )
+    default = domain.default_activate_after
+    delay = (
+        timedelta(0) if compromised else (activate_after if activate_after is not None else default)
+    )
+    risk = activation_risk(delay, domain.propagation_delay, floor=default, mode=mode)
+    warning = compromised_warning(domain.propagation_delay) if compromised else None
+    return RotationChoice(
+        mode,
+        delay,
+        activate_after is not None,
+        default,
+        domain.propagation_delay,
+        risk,
+        warning,
+    )
 
 
 @dataclass(frozen=True)
@@ -303,6 +414,16 @@ def rotation_progress(
     holding = tuple(b.namespace for b in bundles if new.sha256 in b.anchors)
     missing = tuple(b.namespace for b in bundles if new.sha256 not in b.anchors)
     return RotationProgress(new, holding, missing, max(domain.namespaces, len(bundles)))
+
+
+def format_pending(domain: DomainView) -> str | None:
+    """One line for ``ca status``: when the Prepared authority activates and why then."""
+    at, reason = domain.rotation.get("activatesAt"), domain.rotation.get("reason")
+    if not at:
+        return None
+    return (
+        f"  next authority {domain.rotation.get('nextAuthority', '?')} activates at {at}: {reason}"
+    )
 
 
 def default_rotate_timeout(activate_after: timedelta) -> timedelta:

@@ -22,6 +22,7 @@ from trustwarden.names import (
 )
 from trustwarden.pki.durations import parse_duration
 from trustwarden.pki.errors import PKIError
+from trustwarden.pki.propagation import RotationMode
 
 from . import ca as ca_mod
 from . import inventory as inv
@@ -331,37 +332,88 @@ def ca_rotate(
     ctx: Context,
     *,
     name: str,
-    activate_after: str = "1m",
+    activate_after: str | None = None,
     yes: bool = False,
     wait: bool = True,
     timeout: timedelta | None = None,
+    cross_sign: bool = False,
+    compromised: bool = False,
+    force: bool = False,
 ) -> int:
-    delay = parse_duration_arg(activate_after, "--activate-after")
+    delay = (
+        parse_duration_arg(activate_after, "--activate-after")
+        if activate_after is not None
+        else None
+    )
     domain = _get_domain(ctx, name)
     ca_mod.check_rotatable(domain)
+    choice = ca_mod.choose_rotation(domain, delay, cross_sign=cross_sign, compromised=compromised)
     bundles = ca_mod.bundle_views(ctx.port.list_bundles(None), domain.trust_domain)
     active = domain.active
     assert active is not None
+    namespaces = max(domain.namespaces, len(bundles))
     ctx.say(
         f"Rotating the CA of TrustDomain {domain.name} ({domain.trust_domain}); active "
         f"authority {active.serial}."
     )
-    ctx.say(
-        f"A new authority is prepared now, published to every entitled bundle "
-        f"({max(domain.namespaces, len(bundles))} namespaces), and activated after "
-        f"{human_duration(delay)} once every bundle holds it. Certificates are then re-issued "
-        "by the new authority."
-    )
+    if choice.mode is RotationMode.compromised:
+        ctx.say(
+            "COMPROMISED: a new authority is created and signs at once. The old anchor leaves "
+            f"every bundle ({namespaces} namespaces) and every certificate the old authority "
+            "signed is revoked; certificates are re-issued by the new authority now."
+        )
+        ctx.say(
+            "Clients with stale trust stores WILL FAIL until their volumes update: a pod "
+            "whose kubelet has not yet written the new bundle rejects every new certificate "
+            f"(CERTIFICATE_VERIFY_FAILED), for up to {human_duration(choice.propagation_delay)} "
+            "(the propagation delay) or longer. Use this only when the old key may be known to "
+            "someone else; otherwise rotate with --cross-sign."
+        )
+    else:
+        how = (
+            "the default, which covers the kubelet propagation delay of "
+            f"{human_duration(choice.propagation_delay)} with margin"
+            if not choice.explicit
+            else "as requested"
+        )
+        ctx.say(
+            f"A new authority is prepared now, published to every entitled bundle "
+            f"({namespaces} namespaces), and activated after "
+            f"{human_duration(choice.activate_after)} ({how}) once every bundle holds it. "
+            "Certificates are then re-issued by the new authority."
+        )
+        if choice.mode is RotationMode.cross_sign:
+            ctx.say(
+                "Cross-signed: the old authority certifies the new one, and re-issued "
+                "certificates carry that cross-certificate, so clients that still trust only "
+                "the old anchor keep verifying them. It is dropped with the old anchor."
+            )
+    if choice.risk is not None and not force:
+        ctx.warn(choice.risk)
+        if yes:
+            raise UsageError(
+                f"--activate-after {human_duration(choice.activate_after)} is shorter than the "
+                f"default {human_duration(choice.default)}; pass --force to accept the risk "
+                "above, or --cross-sign to rotate quickly without it"
+            )
+        if not ctx.confirm(
+            f"Activate after only {human_duration(choice.activate_after)} anyway? [y/N] "
+        ):
+            raise AbortedError("aborted: nothing was changed")
+    elif choice.risk is not None:
+        ctx.warn(choice.risk + " (accepted with --force)")
     if not yes and not ctx.confirm("Rotate now? [y/N] "):
         raise AbortedError("aborted: nothing was changed")
     before = {a.sha256 for a in domain.authorities}
     request = ca_mod.rotation_request_id(ctx.clock(), domain.rotation_request)
-    ctx.port.patch_trust_domain(domain.name, ca_mod.rotate_patch(request, activate_after.strip()))
+    ctx.port.patch_trust_domain(
+        domain.name, ca_mod.rotate_patch(request, choice.annotation, choice.mode)
+    )
     ctx.say(f"Requested rotation {request}.")
     if not wait:
         ctx.say(f"Not waiting. Follow it with: trustwarden ca status {domain.name}")
         return 0
-    limit = timeout or ca_mod.default_rotate_timeout(delay)
+    limit = timeout or ca_mod.default_rotate_timeout(choice.activate_after)
     return _wait_rotation(ctx, domain, before, limit)
 
 

@@ -242,8 +242,12 @@ def issue_leaf(
     serial: int | None = None,
     private_key: PrivateKey | None = None,
     backdate: timedelta = DEFAULT_BACKDATE,
+    cross_chain_pem: bytes = b"",
 ) -> IssuedLeaf:
     """Sign an X.509-SVID for ``request`` with ``authority``.
+
+    ``cross_chain_pem`` (the authority's cross-certificate during a cross-signed rotation,
+    :attr:`AuthoritySet.cross_chain_pem`) goes into ``tls.crt`` after the issuing chain.
 
     notBefore = max(now - backdate, issuer notBefore); notAfter = min(now + ttl, the
     earliest notAfter on the issuer's path), so a leaf never outlives its issuer.
@@ -320,7 +324,7 @@ def issue_leaf(
     certificate = builder.sign(authority.private_key, authority.signature_hash)
     return IssuedLeaf(
         certificate=certificate,
-        chain_pem=cert_to_pem(certificate) + authority.issuing_chain_pem,
+        chain_pem=cert_to_pem(certificate) + authority.issuing_chain_pem + cross_chain_pem,
         private_key_pem=private_key_to_pem(private_key),
         serial=serial,
         spiffe_id=request.spiffe_id,

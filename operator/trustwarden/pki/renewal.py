@@ -52,6 +52,7 @@ class RenewalReason(StrEnum):
     Expired = "Expired"
     SpecChanged = "SpecChanged"
     IssuerNotActive = "IssuerNotActive"
+    ChainChanged = "ChainChanged"
     RenewPointReached = "RenewPointReached"
     UpToDate = "UpToDate"
 
@@ -171,6 +172,8 @@ class _Context:
     expected_sha256: str | None
     renew_at_point: datetime
     revoked: Container[int] = ()
+    # What tls.crt must carry after the leaf (issuing chain, cross-certificate), when known.
+    expected_intermediates: tuple[bytes, ...] | None = None
 
 
 _Check = Callable[[_Context], tuple[RenewalAction, RenewalReason, str] | None]
@@ -301,6 +304,22 @@ def _check_issuer(c: _Context) -> tuple[RenewalAction, RenewalReason, str] | Non
     )
 
 
+def _check_chain(c: _Context) -> tuple[RenewalAction, RenewalReason, str] | None:
+    """A leaf of the active authority whose chain is not the one it should carry now: a
+    cross-certificate was added (a cross-signed rotation) or dropped with the old anchor."""
+    expected = c.expected_intermediates
+    if expected is None or c.active is None or c.facts.intermediates_der == expected:
+        return None
+    have, want = len(c.facts.intermediates_der), len(expected)
+    return (
+        RenewalAction.renew,
+        RenewalReason.ChainChanged,
+        f"certificate serial {c.facts.serial_hex} carries {have} chain certificate(s) after "
+        f"itself, the active authority's chain has {want} now (a cross-certificate was added "
+        "or dropped); reissuing",
+    )
+
+
 def _check_renew_point(c: _Context) -> tuple[RenewalAction, RenewalReason, str] | None:
     if c.now >= c.renew_at_point:
         return (
@@ -320,6 +339,7 @@ CHECKS: tuple[_Check, ...] = (
     _check_expired,
     _check_spec,
     _check_issuer,
+    _check_chain,
     _check_renew_point,
 )
 
@@ -355,9 +375,11 @@ def decide_renewal(
     active: Authority | None
     known: Sequence[Authority]
     active_sha256: str | None = None
+    expected_intermediates: tuple[bytes, ...] | None = None
     if isinstance(issuer, AuthoritySet):
         active = issuer.active_authority
         known = issuer.authorities
+        expected_intermediates = issuer.issuing_intermediates_der
     elif isinstance(issuer, Authority):
         active, known = issuer, (issuer,)
     else:
@@ -366,7 +388,16 @@ def decide_renewal(
         facts, desired.renew_at, jitter_key, max_jitter_fraction, backdate=desired.backdate
     )
     context = _Context(
-        facts, desired, active, active_sha256, known, now, expected_sha256, point, revoked
+        facts,
+        desired,
+        active,
+        active_sha256,
+        known,
+        now,
+        expected_sha256,
+        point,
+        revoked,
+        expected_intermediates,
     )
     for check in CHECKS:
         verdict = check(context)

@@ -15,16 +15,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import cached_property
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from ._clock import from_rfc3339, require_utc, to_rfc3339
 from .bundle import filter_anchors
 from .ca import Authority
+from .crosssign import cross_certify
 from .errors import InvalidArgumentError, StateError
+from .propagation import RotationMode
 
 __all__ = [
     "ACTIVATE_FRACTION",
@@ -38,6 +42,7 @@ __all__ = [
     "advance",
     "force_rotate",
     "next_event_at",
+    "pending_activation",
     "record_from_dict",
     "record_issued",
     "record_to_dict",
@@ -61,6 +66,7 @@ class TransitionKind(StrEnum):
     activated = "activated"
     retired = "retired"
     dropped = "dropped"
+    uncrossed = "uncrossed"  # the cross-certificate left with the anchor that signed it
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,16 @@ class AuthorityRecord:
     last_leaf_not_after: datetime | None = None
     planned_activation: datetime | None = None
     prepared_at: datetime | None = None
+    # Why planned_activation is when it is (a forced rotation's plan), for the status.
+    activation_reason: str | None = None
+    # This authority certified by its predecessor (a cross-signed rotation): re-issued leaves
+    # carry it after themselves, so clients that trust only the predecessor's anchor verify
+    # them. Dropped with the predecessor's anchor.
+    cross_certificate: x509.Certificate | None = dataclass_field(default=None, repr=False)
+    cross_signer: str | None = None  # SHA-256 of the authority that signed cross_certificate
+    # Set when a rotation declared this authority's key compromised: its anchor leaves the
+    # bundles at once (the record stays so its CRL can list the revoked leaves).
+    compromised_at: datetime | None = None
 
     @property
     def sha256(self) -> str:
@@ -184,8 +200,31 @@ class AuthoritySet:
 
     def anchors(self, now: datetime) -> list[x509.Certificate]:
         """The roots to publish now: every Prepared, Active and (not yet dropped) Retired
-        authority, deduplicated, unexpired, sorted."""
-        return filter_anchors((r.authority.anchor for r in self.records), now)
+        authority except compromised ones, deduplicated, unexpired, sorted."""
+        return filter_anchors(
+            (r.authority.anchor for r in self.records if r.compromised_at is None), now
+        )
+
+    @cached_property
+    def issuing_intermediates_der(self) -> tuple[bytes, ...]:
+        """The DER of every certificate a leaf of the active authority carries after itself
+        in ``tls.crt``: the issuing chain, then the cross-certificate if there is one."""
+        record = self.active_record
+        if record is None:
+            return ()
+        authority = record.authority
+        certs = () if authority.is_root else (authority.certificate, *authority.chain)
+        if record.cross_certificate is not None:
+            certs = (*certs, record.cross_certificate)
+        return tuple(c.public_bytes(Encoding.DER) for c in certs)
+
+    @property
+    def cross_chain_pem(self) -> bytes:
+        """PEM of the active authority's cross-certificate (empty when it has none)."""
+        record = self.active_record
+        if record is None or record.cross_certificate is None:
+            return b""
+        return record.cross_certificate.public_bytes(Encoding.PEM)
 
     def to_dicts(self) -> list[dict[str, str]]:
         return [record_to_dict(r) for r in self.records]
@@ -246,6 +285,19 @@ def _step(
         out.append(Transition(kind, authority.serial, authority.sha256, now, reason))
 
     for record in records:
+        if record.cross_certificate is not None and (
+            record.cross_signer not in {r.sha256 for r in records if r is not record}
+            or now >= record.cross_certificate.not_valid_after_utc
+        ):
+            _replace_record(
+                records, record, replace(record, cross_certificate=None, cross_signer=None)
+            )
+            note(
+                TransitionKind.uncrossed,
+                record.authority,
+                "cross-certificate dropped: the anchor that signed it is no longer published",
+            )
+            return True
         if record.state is AuthorityState.Retired and now >= record.drop_at:
             _replace_record(records, record, None)
             why = (
@@ -316,7 +368,11 @@ def _step(
             records,
             prepared,
             replace(
-                prepared, state=AuthorityState.Active, activated_at=now, planned_activation=None
+                prepared,
+                state=AuthorityState.Active,
+                activated_at=now,
+                planned_activation=None,
+                activation_reason=None,
             ),
         )
         why = (
@@ -365,6 +421,9 @@ def next_event_at(aset: AuthoritySet) -> datetime | None:
             candidates.append(record.drop_at)
         elif record.state is AuthorityState.Prepared:
             candidates.append(record.authority.not_after)
+    for record in aset.records:
+        if record.cross_certificate is not None:
+            candidates.append(record.cross_certificate.not_valid_after_utc)
     if active is not None:
         candidates.append(active.authority.path_not_after)
         if prepared is None:
@@ -381,32 +440,82 @@ def force_rotate(
     now: datetime,
     make_authority: MakeAuthority,
     activate_after: timedelta,
+    *,
+    mode: RotationMode = RotationMode.standard,
+    activation_reason: str | None = None,
 ) -> AuthoritySet:
     """Emergency rotation: prepare a fresh authority now and activate it at
     ``now + activate_after`` (give bundles time to reach every namespace first).
+
+    ``mode``:
+    - ``standard``: just that;
+    - ``cross-sign``: the active authority also certifies the new one (a cross-certificate,
+      kept on the new record), so leaves it signs verify against the old anchor too;
+    - ``compromised``: the new authority is Active at once (``activate_after`` is ignored),
+      the old one Retired and marked compromised, so its anchor leaves the bundles now.
 
     A Prepared authority that already exists is replaced: it never signed anything. If
     there is no active authority, this is the same as :func:`advance`.
     """
     now = require_utc(now)
+    mode = RotationMode(mode)
     if activate_after < timedelta(0):
         raise InvalidArgumentError(
             f"activate_after must be >= 0, got {activate_after}; use 0 to activate at the "
             "next advance()"
         )
-    if aset.active_record is None:
+    active = aset.active_record
+    if active is None:
         return advance(aset, now, make_authority)[0]
     authority = _check_new_authority(make_authority(now), now)
     records = [r for r in aset.records if r.state is not AuthorityState.Prepared]
+    if mode is RotationMode.compromised:
+        records = [
+            replace(r, state=AuthorityState.Retired, retired_at=now, compromised_at=now)
+            if r is active
+            else r
+            for r in records
+        ]
+        records.append(
+            AuthorityRecord(authority, AuthorityState.Active, activated_at=now, prepared_at=now)
+        )
+        return AuthoritySet(tuple(records))
+    cross = None
+    if mode is RotationMode.cross_sign:
+        cross = cross_certify(authority, active.authority, now)
     records.append(
         AuthorityRecord(
             authority,
             AuthorityState.Prepared,
             prepared_at=now,
             planned_activation=now + activate_after,
+            activation_reason=activation_reason,
+            cross_certificate=cross,
+            cross_signer=active.sha256 if cross is not None else None,
         )
     )
     return AuthoritySet(tuple(records))
+
+
+def pending_activation(aset: AuthoritySet) -> tuple[AuthorityRecord, datetime, str] | None:
+    """The Prepared authority, when it will activate, and why then (for the status)."""
+    prepared, active = aset.prepared_record, aset.active_record
+    if prepared is None:
+        return None
+    if prepared.planned_activation is not None:
+        return (
+            prepared,
+            prepared.planned_activation,
+            prepared.activation_reason or "planned activation (a forced rotation or a CA recovery)",
+        )
+    if active is not None:
+        return (
+            prepared,
+            active.successor_activate_at,
+            f"scheduled: 5/6 of active authority {active.serial_hex}'s lifetime; the new "
+            "anchor has been published since 1/2, far longer than any kubelet delay",
+        )
+    return prepared, prepared.authority.not_before, "no active authority: activates at once"
 
 
 def record_issued(aset: AuthoritySet, issuer_sha256: str, leaf_not_after: datetime) -> AuthoritySet:
@@ -431,6 +540,7 @@ _TIMESTAMP_FIELDS = (
     ("lastLeafNotAfter", "last_leaf_not_after"),
     ("plannedActivation", "planned_activation"),
     ("preparedAt", "prepared_at"),
+    ("compromisedAt", "compromised_at"),
 )
 
 
@@ -448,13 +558,22 @@ def record_to_dict(record: AuthorityRecord) -> dict[str, str]:
         value = getattr(record, attr)
         if value is not None:
             out[key] = to_rfc3339(value)
+    if record.activation_reason:
+        out["activationReason"] = record.activation_reason
+    if record.cross_signer:
+        out["crossSigner"] = record.cross_signer
     return out
 
 
 def record_from_dict(
-    data: Mapping[str, str], authority: Authority, *, field: str = "authority"
+    data: Mapping[str, str],
+    authority: Authority,
+    *,
+    field: str = "authority",
+    cross_certificate: x509.Certificate | None = None,
 ) -> AuthorityRecord:
-    """Inverse of :func:`record_to_dict`, given the authority the entry describes."""
+    """Inverse of :func:`record_to_dict`, given the authority the entry describes (and its
+    cross-certificate, stored apart like the certificates)."""
     sha = data.get("sha256")
     if sha != authority.sha256:
         raise StateError(
@@ -471,4 +590,12 @@ def record_from_dict(
     for key, attr in _TIMESTAMP_FIELDS:
         raw = data.get(key)
         values[attr] = None if raw in (None, "") else from_rfc3339(str(raw), f"{field}.{key}")
-    return AuthorityRecord(authority=authority, state=state, **values)
+    signer = data.get("crossSigner") or None
+    return AuthorityRecord(
+        authority=authority,
+        state=state,
+        activation_reason=data.get("activationReason") or None,
+        cross_certificate=cross_certificate if signer else None,
+        cross_signer=signer if cross_certificate is not None else None,
+        **values,
+    )

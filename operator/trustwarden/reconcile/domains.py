@@ -195,6 +195,10 @@ class DomainRuntime:
             return orphans
         return list(self.authorities.anchors(now)) + orphans
 
+    def cross_chain_pem(self) -> bytes:
+        """The active authority's cross-certificate (PEM) for new leaves' chains, if any."""
+        return self.authorities.cross_chain_pem if self.authorities is not None else b""
+
     def issuer_by_sha(self, sha: str) -> Authority | None:
         if self.authorities is None:
             return None
@@ -381,6 +385,8 @@ def encode_authorities(aset: rotation.AuthoritySet) -> dict[str, str]:
         data[f"{kid}.key"] = private_key_to_pem(record.authority.private_key)
         if not record.authority.is_root:
             data[f"{kid}.root.crt"] = record.authority.root.public_bytes(Encoding.PEM)
+        if record.cross_certificate is not None:
+            data[f"{kid}.cross.crt"] = record.cross_certificate.public_bytes(Encoding.PEM)
     data["state.json"] = json.dumps(records, separators=(",", ":"), sort_keys=True).encode()
     return {k: base64.b64encode(v).decode() for k, v in sorted(data.items())}
 
@@ -399,7 +405,12 @@ def decode_authorities(secret_data: Mapping[str, str], now: datetime) -> rotatio
             chain=tuple(certs[1:]),
             root=x509.load_pem_x509_certificate(root_pem) if root_pem else certs[0],
         )
+        cross_pem = raw.get(f"{kid}.cross.crt")
         records.append(
-            rotation.record_from_dict({k: v for k, v in entry.items() if k != "id"}, authority)
+            rotation.record_from_dict(
+                {k: v for k, v in entry.items() if k != "id"},
+                authority,
+                cross_certificate=x509.load_pem_x509_certificate(cross_pem) if cross_pem else None,
+            )
         )
     return rotation.AuthoritySet(tuple(records))

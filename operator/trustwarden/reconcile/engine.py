@@ -33,7 +33,6 @@ from cryptography import x509
 
 from trustwarden.metrics import Metrics
 from trustwarden.names import (
-    ACTIVATE_AFTER_ANNOTATION,
     API_VERSION,
     BUNDLE_CONFIGMAP,
     CA_SECRET_PREFIX,
@@ -58,9 +57,10 @@ from trustwarden.pki.ca import (
     load_anchors,
     load_authority_from_pem,
 )
-from trustwarden.pki.durations import format_duration, parse_duration
+from trustwarden.pki.durations import format_duration
 from trustwarden.pki.errors import PKIError
 from trustwarden.pki.issue import LeafFacts, LeafRequest, issue_leaf, ttl_cap
+from trustwarden.pki.propagation import DEFAULT_PROPAGATION_DELAY, MIN_ACTIVATE_AFTER
 from trustwarden.pki.renewal import (
     DesiredLeaf,
     RenewalAction,
@@ -108,6 +108,13 @@ from trustwarden.reconcile.observed import (
 from trustwarden.reconcile.ports import ConflictError, KubePort, NotFoundError, ObjectRef
 from trustwarden.reconcile.reflector import Reflector, key_of
 from trustwarden.reconcile.revocationquota import emergency_quota
+from trustwarden.reconcile.rotation_request import (
+    RotationMode,
+    RotationRequestError,
+    parse_request,
+    rotation_status,
+    started_message,
+)
 from trustwarden.reconcile.scheduler import DeadlineScheduler, utcnow
 from trustwarden.reconcile.secretbody import leaf_annotations, svid_metadata, svid_secret
 from trustwarden.reconcile.status import StatusWriter
@@ -131,6 +138,11 @@ class EngineConfig:
     flush_interval: float = 0.5
     status_interval: float = 2.0
     ca_recovery_grace: timedelta = timedelta(minutes=2)
+    # The kubelet's worst-case delay before a pod sees a changed Secret or ConfigMap
+    # (--propagation-delay): the default activation delay of a forced rotation derives from
+    # it (pki/propagation.py), never shorter than min_activate_after.
+    propagation_delay: timedelta = DEFAULT_PROPAGATION_DELAY
+    min_activate_after: timedelta = MIN_ACTIVATE_AFTER
     max_jitter_fraction: float = 0.1
     # The ledger only matters if the operator dies with pods deleted during its outage:
     # batching it wider trades a few seconds of that window for far fewer writes.
@@ -845,17 +857,23 @@ class Engine:
         runtime.ca_message = (
             f"active authority {active.serial_hex} valid until {to_rfc3339(active.not_after)}"
         )
+        pending = rotation.pending_activation(runtime.authorities)
+        if pending is not None and pending[0].planned_activation is not None:
+            runtime.ca_message += (
+                f"; authority {pending[0].serial_hex} activates at {to_rfc3339(pending[1])}: "
+                f"{pending[2]}"
+            )
         return rotation.next_event_at(runtime.authorities)
 
     async def _maybe_force_rotate(
         self, runtime: DomainRuntime, body: Mapping[str, Any], now: datetime
     ) -> None:
-        """`trustwarden ca rotate` sets ROTATE_ANNOTATION to a new value: prepare a successor now,
-        publish it, and activate it after ACTIVATE_AFTER_ANNOTATION (and only once every
-        entitled bundle holds it)."""
+        """`trustwarden ca rotate` sets the rotate annotation to a new value: prepare a
+        successor now, publish it, and activate it as reconcile/rotation_request.py plans
+        (and only once every entitled bundle holds it); `compromised` activates at once."""
         annotations = (body.get("metadata") or {}).get("annotations") or {}
-        request = annotations.get(ROTATE_ANNOTATION)
         aset = runtime.authorities
+        request = annotations.get(ROTATE_ANNOTATION)
         if (
             not request
             or request == runtime.rotation_handled
@@ -863,32 +881,49 @@ class Engine:
             or aset.active_record is None
         ):
             return
-        raw_after = annotations.get(ACTIVATE_AFTER_ANNOTATION, "1m")
         try:
-            activate_after = parse_duration(raw_after)
-        except PKIError as exc:
+            req = parse_request(
+                runtime.name,
+                annotations,
+                now,
+                propagation_delay=self.config.propagation_delay,
+                floor=self.config.min_activate_after,
+            )
+        except RotationRequestError as exc:
             await self._event(
-                self._domain_ref(runtime),
-                "Warning",
-                "InvalidRotationRequest",
-                f"TrustDomain {runtime.name}: annotation {ACTIVATE_AFTER_ANNOTATION}={raw_after!r}: {exc}",
+                self._domain_ref(runtime), "Warning", "InvalidRotationRequest", str(exc)
             )
             return
+        assert req is not None
+        old = aset.active_record
         runtime.authorities = rotation.force_rotate(
-            aset, now, self._make_authority(runtime), activate_after
+            aset,
+            now,
+            self._make_authority(runtime),
+            req.activate_after,
+            mode=req.mode,
+            activation_reason=req.plan.reason,
         )
         runtime.rotation_handled = request
-        prepared = runtime.authorities.prepared_record
         await self._write_ca_secret(runtime)
+        if req.mode is RotationMode.compromised:
+            # Every certificate the old key signed goes on its CRL (only what the ledger
+            # says trustwarden issued); the owners get new ones from the new authority now.
+            for namespace, entry in list(self.ledger.all()):
+                if entry.domain == runtime.name and entry.issuer_sha256 == old.sha256:
+                    self._revoke_entry(namespace, entry, "cACompromise")
         self._mark_domain_bundles(runtime)
         self._reschedule_domain_identities(runtime.name)
+        self.dirty_status.add(("td", "", runtime.name))
+        new = runtime.authorities.prepared_record or runtime.authorities.active_record
         await self._event(
             self._domain_ref(runtime),
             "Normal",
             "RotationStarted",
-            f"forced rotation {request}: authority {prepared.serial_hex if prepared else '?'} prepared and "
-            f"published; it activates after {raw_after} once every bundle holds it",
+            started_message(req, new.serial_hex if new else "?"),
         )
+        if req.warning:
+            await self._event(self._domain_ref(runtime), "Warning", "RotationRisk", req.warning)
 
     def _ca_data_sha(self, runtime: DomainRuntime) -> str:
         data = self._ca_secret_data(runtime)
@@ -1838,7 +1873,7 @@ class Engine:
             usages=desired.usages,
         )
         now = self.clock()
-        leaf = issue_leaf(authority, request, now)
+        leaf = issue_leaf(authority, request, now, cross_chain_pem=target.domain.cross_chain_pem())
         renew_at = renew_point(
             leaf,
             desired.renew_at,
@@ -2649,6 +2684,12 @@ class Engine:
                     f"{len(runtime.revocations)} revoked serial(s) inside their validity",
                 )
             status["namespaces"] = len(namespaces)
+            if runtime.spec.ca_kind is CAKind.SELF_SIGNED:
+                status["rotation"] = rotation_status(
+                    runtime.authorities,
+                    propagation_delay=self.config.propagation_delay,
+                    floor=self.config.min_activate_after,
+                )
             status["issued"] = self._valid_svids(runtime)
             status["revoked"] = len(runtime.revocations)
             if runtime.authorities is not None:
@@ -2788,7 +2829,16 @@ class Engine:
         }
 
 
-_AUTHORITY_STATUS_KEYS = {"serial", "sha256", "notBefore", "notAfter", "state"}
+_AUTHORITY_STATUS_KEYS = {
+    "serial",
+    "sha256",
+    "notBefore",
+    "notAfter",
+    "state",
+    "plannedActivation",
+    "compromisedAt",
+    "crossSigner",
+}
 
 
 class _CAError(PKIError):
