@@ -113,9 +113,10 @@ def test_issue_renders_templates_from_the_pcr_and_bounds_the_lifetime() -> None:
     assert isinstance(plan, podcert.Issue)
     assert plan.request.spiffe_id.uri == "spiffe://prod.example.org/ns/shop/sa/web/web-1"
     assert plan.request.dns_names == ("web-1.shop.pod",)
-    # min(24h maxExpiration, 2h ttl, 24h maxTTL, 90d/6): the ttl, back-dated by 5 minutes.
+    # min(24h maxExpiration, 2h ttl, 24h maxTTL, 90d/6): the ttl, back-dated by 2 minutes
+    # (the API server wants notBefore within 5 minutes of its clock).
     assert plan.lifetime == timedelta(hours=2)
-    assert plan.not_before == NOW - timedelta(minutes=5)
+    assert plan.not_before == NOW - podcert.PCR_BACKDATE == NOW - timedelta(minutes=2)
     usable = plan.not_after - NOW
     jitter = usable * 0.1 * jitter_fraction("pod-uid-1")
     assert abs(plan.begin_refresh_at - (NOW + usable / 2 - jitter)) <= timedelta(seconds=1)
@@ -218,7 +219,7 @@ def test_issued_status_carries_chain_times_and_condition() -> None:
     status = podcert.issued_status(pcr(), plan, cert, CA.issuing_chain_pem, NOW)
     chain = x509.load_pem_x509_certificates(status["certificateChain"].encode())
     assert chain[0].not_valid_after_utc == plan.not_after
-    assert status["notBefore"] == "2026-12-02T11:55:00Z"
+    assert status["notBefore"] == "2026-12-02T11:58:00Z"
     assert status["conditions"][0]["type"] == "Issued"
     refusal = podcert.Refusal(podcert.DENIED, podcert.NO_IDENTITY, "x")
     assert podcert.refused_status(pcr(), refusal, NOW)["conditions"][0]["reason"] == "NoIdentity"

@@ -21,6 +21,7 @@ from trustwarden.reconcile.ports import (
     Body,
     ConflictError,
     GoneError,
+    InvalidError,
     ListPage,
     NotFoundError,
     ObjectRef,
@@ -197,9 +198,14 @@ class KubeGateway:
         is set with `update`; its resourceVersion makes a concurrent writer fail with 409)."""
         if kind != "PodCertificateRequest":
             raise ValueError(f"cannot update the status of {kind}")
-        return await self._send(
-            "PUT", object_path(kind, namespace, name) + "/status", body=dict(body)
-        )
+        try:
+            return await self._send(
+                "PUT", object_path(kind, namespace, name) + "/status", body=dict(body)
+            )
+        except ApiError as exc:
+            if exc.status == 422:
+                raise InvalidError(exc.message) from exc
+            raise
 
     async def served_resources(self, group_version_path: str) -> set[str] | None:
         """The resource names an API group version serves, or None when it is not served."""

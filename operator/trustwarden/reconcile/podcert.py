@@ -29,7 +29,7 @@ from trustwarden.pki._clock import floor_second, from_rfc3339, to_rfc3339
 from trustwarden.pki.ca import Authority
 from trustwarden.pki.durations import format_duration
 from trustwarden.pki.errors import PKIError
-from trustwarden.pki.issue import DEFAULT_BACKDATE, LeafRequest
+from trustwarden.pki.issue import LeafRequest
 from trustwarden.pki.keys import KeyAlgorithm, key_algorithm_of
 from trustwarden.pki.renewal import renew_point
 from trustwarden.pki.spiffe import SpiffeID, TemplateContext, render_dns_names, render_spiffe_path
@@ -44,6 +44,9 @@ API_DEFAULT_MAX_EXPIRATION = timedelta(hours=24)
 # beginRefreshAt is kept this far inside the validity, so the kubelet never refreshes at the
 # instant of issue or after expiry.
 REFRESH_MARGIN = timedelta(minutes=10)
+# The API server wants notBefore within 5 minutes of its own clock: back-date by less than
+# the Secret path's 5 minutes, leaving room for clock skew between it and us.
+PCR_BACKDATE = timedelta(minutes=2)
 BUNDLE_SUFFIX = "anchors"
 
 ISSUED, DENIED, FAILED = "Issued", "Denied", "Failed"
@@ -282,7 +285,7 @@ def decide(
     cluster_domain: str,
     now: datetime,
     max_jitter_fraction: float,
-    backdate: timedelta = DEFAULT_BACKDATE,
+    backdate: timedelta = PCR_BACKDATE,
 ) -> Issue | Refusal:
     """Issue or refuse one PCR of `domain`'s signer, for a pod that exists with these labels."""
     chosen = select_identity(pcr, pod_labels, identities)

@@ -41,6 +41,7 @@ from trustwarden.reconcile.podcerts.trust_bundles import TrustBundlePublisher
 from trustwarden.reconcile.ports import (
     Body,
     ConflictError,
+    InvalidError,
     KubePort,
     NotFoundError,
     ObjectRef,
@@ -56,6 +57,8 @@ CERTIFICATES_V1 = "/apis/certificates.k8s.io/v1"
 NEEDED = frozenset({"podcertificaterequests", "clustertrustbundles"})
 WORKERS = 16
 RETRY = timedelta(seconds=1)
+RETRY_MAX = 30.0
+WAIT = 0.25
 
 
 class PodCertKube(KubePort, Protocol):
@@ -131,6 +134,7 @@ class PodCertificates:
         self.identities: dict[tuple[str, str], IdentityRecord] = {}
         self.queue: asyncio.Queue[Key] = asyncio.Queue()
         self.pending: dict[Key, tuple[Mapping[str, Any], float]] = {}
+        self.attempts: dict[Key, int] = {}
         self.ready = asyncio.Event()
         self._seq = 0
         self._seen: dict[Key, int] = {}
@@ -321,22 +325,51 @@ class PodCertificates:
             if item is None:
                 continue
             body, seen_at = item
+            retry: bool | float
             try:
                 retry = await self._handle(body, seen_at)
+            except InvalidError as exc:
+                retry = await self._invalid(key, body, str(exc))
             except Exception as exc:
                 log.warning("PodCertificateRequest %s/%s not handled: %s", *key, exc)
-                self.metrics.pcr_results.labels(
-                    signer=str((body.get("spec") or {}).get("signerName")), result="error"
-                ).inc()
                 retry = True
-            if retry and key not in self.pending:
+            if retry is False:
+                self.attempts.pop(key, None)
+            elif key not in self.pending:
+                if retry is True:  # an error: back off
+                    attempts = self.attempts[key] = self.attempts.get(key, 0) + 1
+                    delay = min(RETRY_MAX, RETRY.total_seconds() * 2 ** min(attempts - 1, 6))
+                else:  # waiting for the domain or its bundle: look again soon
+                    delay = float(retry)
                 self.pending[key] = (body, seen_at)
-                asyncio.get_running_loop().call_later(
-                    RETRY.total_seconds(), self.queue.put_nowait, key
-                )
+                asyncio.get_running_loop().call_later(delay, self.queue.put_nowait, key)
 
-    async def _handle(self, body: Mapping[str, Any], seen_at: float) -> bool:
-        """Sign or refuse one PCR; True to try again later."""
+    async def _invalid(self, key: Key, body: Mapping[str, Any], message: str) -> bool:
+        """The API server refused our answer. A 422 will not pass by trying again: the request
+        is Failed, with the API server's words, so the kubelet can ask anew."""
+        spec = body.get("spec") or {}
+        self.metrics.pcr_results.labels(signer=str(spec.get("signerName")), result="error").inc()
+        log.error(
+            "PodCertificateRequest %s/%s: the API server refused our status: %s", *key, message
+        )
+        pcr = podcert.PCRInfo.from_body(body)
+        refusal = podcert.Refusal(
+            podcert.FAILED,
+            "SignerError",
+            f"the API server refused the certificate trustwarden made: {message[:500]}; "
+            "report this to the trustwarden maintainers",
+        )
+        try:
+            await self._refuse(
+                body, pcr, refusal, podcert.refused_status(pcr, refusal, self.clock())
+            )
+        except InvalidError as again:
+            log.error("PodCertificateRequest %s/%s left undecided: %s", *key, again)
+        return False
+
+    async def _handle(self, body: Mapping[str, Any], seen_at: float) -> bool | float:
+        """Sign or refuse one PCR; True to try again with backoff, a number of seconds to
+        look again after a wait that is no error, False when done."""
         pcr = podcert.PCRInfo.from_body(body)
         domain = podcert.domain_of(pcr.signer)
         assert domain is not None
@@ -362,11 +395,11 @@ class PodCertificates:
                 return False
             pod = PodSeen(pcr.pod_uid, dict(meta.get("labels") or {}))
         if not runtime.loaded and runtime.conflict is None:
-            return True
+            return WAIT
         active = runtime.active()
         if active is not None and not self.bundles.published(runtime, sha256_hex(active.anchor)):
             self._bundles_dirty.set()  # a new authority signs only once its anchor is out
-            return True
+            return WAIT
         namespace = self.engine.namespaces.get(pcr.namespace)
         now = self.clock()
         outcome = sign(

@@ -26,6 +26,8 @@ KIND = "ClusterTrustBundle"
 
 
 class BundleKube(Protocol):
+    async def get(self, kind: str, namespace: str | None, name: str) -> Body | None: ...
+
     async def create(self, kind: str, namespace: str, body: Body) -> Body: ...
 
     async def replace(self, kind: str, namespace: str, name: str, body: Body) -> Body: ...
@@ -48,13 +50,16 @@ class TrustBundlePublisher:
     def __init__(self, kube: BundleKube) -> None:
         self.kube = kube
         self.stored: dict[str, str] = {}  # bundle name -> trustBundle as stored
+        self.versions: dict[str, str] = {}  # bundle name -> its resourceVersion (updates need it)
         self.shas: dict[str, frozenset[str]] = {}  # domain -> anchor sha256s as stored
         self.writes = 0
 
     def observe(self, body: Mapping[str, Any]) -> None:
         """A ClusterTrustBundle of ours, from the listing at start."""
-        name = str((body.get("metadata") or {}).get("name") or "")
+        meta = body.get("metadata") or {}
+        name = str(meta.get("name") or "")
         self.stored[name] = str((body.get("spec") or {}).get("trustBundle") or "")
+        self.versions[name] = str(meta.get("resourceVersion") or "")
 
     def published(self, runtime: DomainRuntime, sha: str) -> bool:
         return sha in self.shas.get(runtime.name, frozenset())
@@ -79,20 +84,31 @@ class TrustBundlePublisher:
             await self.kube.delete(KIND, "", name)
             self.writes += 1
             del self.stored[name]
+            self.versions.pop(name, None)
         for domain in [d for d in self.shas if bundle_name(d) not in wanted]:
             del self.shas[domain]
 
     async def _write(self, name: str, domain: str, pem: str) -> None:
         body = desired_body(domain, pem)
-        self.writes += 1
-        if name in self.stored:
+        for _attempt in range(3):
+            self.writes += 1
+            version = self.versions.get(name)
             try:
-                await self.kube.replace(KIND, "", name, body)
-            except NotFoundError:
-                await self.kube.create(KIND, "", body)
-        else:
-            try:
-                await self.kube.create(KIND, "", body)
-            except ConflictError:
-                await self.kube.replace(KIND, "", name, body)
-        self.stored[name] = pem
+                if name in self.stored and version:
+                    body["metadata"]["resourceVersion"] = version
+                    written = await self.kube.replace(KIND, "", name, body)
+                else:
+                    body["metadata"].pop("resourceVersion", None)
+                    written = await self.kube.create(KIND, "", body)
+            except (ConflictError, NotFoundError):
+                current = await self.kube.get(KIND, None, name)
+                if current is None:
+                    self.stored.pop(name, None)
+                    self.versions.pop(name, None)
+                else:
+                    self.observe(current)
+                continue
+            self.stored[name] = pem
+            self.versions[name] = str((written.get("metadata") or {}).get("resourceVersion") or "")
+            return
+        raise ConflictError(f"ClusterTrustBundle {name} kept changing; not written")
