@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import ssl
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
 from e2e.conftest import OperatorSlot
+from e2e.operator import TRUSTWARDEN
 from e2e.support import (
     GROUP,
     VERSION,
@@ -225,7 +227,19 @@ def make_pod(
                                     "keyPath": "tls.key",
                                     "certificateChainPath": "tls.crt",
                                 }
-                            }
+                            },
+                            # The anchors, as in deploy/examples/pod-certificate.yaml.
+                            {
+                                "clusterTrustBundle": {
+                                    "signerName": signer,
+                                    "labelSelector": {
+                                        "matchLabels": {
+                                            "app.kubernetes.io/managed-by": "trustwarden"
+                                        }
+                                    },
+                                    "path": "ca.crt",
+                                }
+                            },
                         ]
                     },
                 }
@@ -394,6 +408,26 @@ def test_issued_chain_verifies_and_follows_policy(env: Env) -> None:
     usable = not_after - start
     refresh = parse(status["beginRefreshAt"])
     assert start + usable * 0.4 - timedelta(seconds=1) <= refresh <= start + usable * 0.5
+    # `trustwarden verify` takes the chain as the kubelet writes it (certificateChainPath).
+    chain_file = env.tmp / "tls.crt"
+    chain_file.write_bytes(pem)
+    checked = subprocess.run(
+        [
+            TRUSTWARDEN,
+            "verify",
+            "-n",
+            env.namespace,
+            "--from-file",
+            str(chain_file),
+            "--kubeconfig",
+            str(env.cluster.kubeconfig),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "FAIL" not in checked.stdout
 
 
 def store_certs(pem: str) -> list[x509.Certificate]:
