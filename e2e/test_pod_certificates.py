@@ -428,6 +428,23 @@ def test_issued_chain_verifies_and_follows_policy(env: Env) -> None:
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "FAIL" not in checked.stdout
+    # The inventory lists it with its pod, identity, serial and expiry.
+    inventory = [TRUSTWARDEN, "inventory", "-n", env.namespace, "-o", "json"]
+    listed = subprocess.run(
+        [*inventory, "--kubeconfig", str(env.cluster.kubeconfig)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    rows = [
+        r
+        for r in json.loads(listed.stdout)["items"]
+        if r["secret"] == f"pcr/{pcr['metadata']['name']}"
+    ]
+    assert len(rows) == 1, listed.stdout[:2000] + listed.stderr
+    assert (rows[0]["pod"], rows[0]["workloadIdentity"]) == ("web-1", "web")
+    assert int(rows[0]["serial"].replace(":", ""), 16) == leaf.serial_number
+    assert parse(rows[0]["notAfter"]) == not_after
 
 
 def store_certs(pem: str) -> list[x509.Certificate]:

@@ -934,25 +934,40 @@ class Bench:
         )
         version = listing["metadata"]["resourceVersion"]
 
+        failures: list[str] = []
+
         def follow() -> None:
-            stream = watch.Watch()
-            for event in stream.stream(
-                custom.list_namespaced_custom_object,
-                "certificates.k8s.io",
-                "v1",
-                ns,
-                "podcertificaterequests",
-                resource_version=version,
-                timeout_seconds=600,
-            ):
-                obj = event["object"]
-                for cond in (obj.get("status") or {}).get("conditions") or ():
-                    key = obj["metadata"]["name"]
-                    if cond.get("type") in ("Issued", "Denied", "Failed") and key not in outcomes:
-                        outcomes[key] = str(cond["type"])
-                        issued_at[key] = time.time()
-                if stop.is_set():
-                    stream.stop()
+            # Reconnects from the last version seen: a burst must not lose its watch.
+            last = version
+            while not stop.is_set():
+                stream = watch.Watch()
+                try:
+                    for event in stream.stream(
+                        custom.list_namespaced_custom_object,
+                        "certificates.k8s.io",
+                        "v1",
+                        ns,
+                        "podcertificaterequests",
+                        resource_version=last,
+                        timeout_seconds=60,
+                    ):
+                        obj = event["object"]
+                        if event["type"] not in ("ADDED", "MODIFIED") or not isinstance(obj, dict):
+                            continue
+                        last = obj["metadata"].get("resourceVersion") or last
+                        status = obj.get("status")
+                        conditions = status.get("conditions") if isinstance(status, dict) else ()
+                        for cond in conditions or ():
+                            key = obj["metadata"]["name"]
+                            if cond.get("type") in ("Issued", "Denied", "Failed") and (
+                                key not in outcomes
+                            ):
+                                outcomes[key] = str(cond["type"])
+                                issued_at[key] = time.time()
+                        if stop.is_set():
+                            stream.stop()
+                except Exception as exc:
+                    failures.append(repr(exc)[:200])
 
         follower = threading.Thread(target=follow, daemon=True)
         follower.start()
@@ -993,7 +1008,7 @@ class Bench:
                 "certs_per_s": round(issued / max(t_done - first, 1e-3), 1) if issued else 0,
                 "issued": issued,
                 "errors": len(burst.errors) + (len(burst.created) - issued),
-                "error_samples": burst.errors[:5],
+                "error_samples": burst.errors[:5] + failures[:3],
                 "api_writes_per_cert": round(requests["writes"] / max(issued, 1), 3),
                 "api_reads_per_cert": round(requests["reads"] / max(issued, 1), 3),
                 "api_requests": requests,
@@ -1014,6 +1029,9 @@ class Bench:
         )
         op.stop()
         self.monitor.unwatch("trustwarden")
+        # Pods bound to a node wait for its kubelet to confirm a graceful deletion; there is
+        # none, so they go at once.
+        core.delete_collection_namespaced_pod(ns, grace_period_seconds=0)
         node.call("DELETE", f"/api/v1/nodes/{node.name}")
         self.cleanup([ns], domain=td, opns=opns)
         return result

@@ -232,3 +232,31 @@ def test_terminal_outcome_is_read_back() -> None:
         "status": {"conditions": [{"type": "Denied", "status": "True"}]},
     }
     assert podcert.PCRInfo.from_body(body).outcome == "Denied"
+
+
+def test_inventory_lists_issued_pod_certificates_with_pod_owner_serial_expiry() -> None:
+    from trustwarden.ops.inventory import build_pod_certificate_rows
+
+    plan = decide()
+    assert isinstance(plan, podcert.Issue)
+    cert = sign_public_key(CA, plan.request, plan.public_key, plan.not_before, plan.not_after, 0xAB)
+    request = pcr()
+    body = {
+        "metadata": {"namespace": "shop", "name": "web-1-abc"},
+        "spec": {"signerName": "trustwarden.io/prod", "podName": "web-1"},
+        "status": podcert.issued_status(request, plan, cert, CA.issuing_chain_pem, NOW),
+    }
+    other = {**body, "spec": {"signerName": "example.com/x", "podName": "web-1"}}
+    wid = {"metadata": {"namespace": "shop", "name": "web"}, "spec": {"owner": "team-web"}}
+    rows = build_pod_certificate_rows([body, other], [wid], [], [], NOW)
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row.secret, row.pod, row.identity, row.owner) == (
+        "pcr/web-1-abc",
+        "web-1",
+        "web",
+        "team-web",
+    )
+    assert row.serial.replace(":", "").lower().lstrip("0") == "ab"
+    assert row.not_after == plan.not_after and row.next_renewal == plan.begin_refresh_at
+    assert row.state.value == "ok"

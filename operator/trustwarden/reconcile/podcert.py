@@ -50,6 +50,9 @@ PCR_BACKDATE = timedelta(minutes=2)
 BUNDLE_SUFFIX = "anchors"
 
 ISSUED, DENIED, FAILED = "Issued", "Denied", "Failed"
+# The Issued condition's message ends with this and <namespace>/<WorkloadIdentity>: the only
+# place a PCR can say which identity it got (the signer may write the status, nothing else).
+ISSUED_FOR = "for WorkloadIdentity "
 TERMINAL = frozenset({ISSUED, DENIED, FAILED})
 
 # Reasons (the API defines UnsupportedKeyType; the others are ours).
@@ -433,8 +436,8 @@ def issued_status(
             _condition(
                 ISSUED,
                 ISSUED,
-                f"issued {plan.request.spiffe_id.uri} serial {certificate.serial_number:x} by "
-                f"{plan.identity.where}",
+                f"issued {plan.request.spiffe_id.uri} serial {certificate.serial_number:x} "
+                f"{ISSUED_FOR}{plan.identity.namespace}/{plan.identity.name}",
                 pcr.generation,
                 now,
             )
