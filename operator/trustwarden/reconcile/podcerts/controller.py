@@ -55,7 +55,7 @@ LEDGER_PREFIX = "trustwarden-podcerts-"
 LEDGER_ROLE = "pcr-ledger"
 CERTIFICATES_V1 = "/apis/certificates.k8s.io/v1"
 NEEDED = frozenset({"podcertificaterequests", "clustertrustbundles"})
-WORKERS = 16
+WORKERS = 64
 RETRY = timedelta(seconds=1)
 RETRY_MAX = 30.0
 WAIT = 0.25
