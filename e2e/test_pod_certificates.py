@@ -644,3 +644,54 @@ def test_another_nodes_credentials_cannot_obtain_this_nodes_pod_certificate(env:
     listing = env.admin.ok("GET", path)
     mine = [p for p in listing["items"] if p["spec"]["podName"] == "isolated"]
     assert [p["spec"]["nodeName"] for p in mine] == [env.node.name]
+
+
+def test_webhook_injects_the_projected_volume_in_opted_in_namespaces(env: Env) -> None:
+    cluster = env.cluster
+    with cluster.namespace("tw-podcert-inj", labels={"trustwarden.io/inject": "enabled"}) as ns:
+        apply_identity(
+            cluster,
+            ns,
+            "web",
+            env.domain,
+            podSelector={"matchLabels": {"app": "web"}},
+            delivery={"mode": "PodCertificate"},
+        )
+        wait_for(
+            lambda: (get_wid(cluster, ns, "web").get("status") or {}).get("conditions"),
+            timeout=60,
+            what="the identity to be reconciled",
+        )
+        body = {
+            "metadata": {"name": "plain", "labels": {"app": "web"}},
+            "spec": {
+                "nodeName": env.node.name,
+                "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}],
+            },
+        }
+        pod = env.admin.ok("POST", f"/api/v1/namespaces/{ns}/pods", body)
+        (volume,) = [
+            v for v in pod["spec"]["volumes"] if v["name"] == "trustwarden-pod-certificate"
+        ]
+        assert volume["projected"]["sources"][0]["podCertificate"]["signerName"] == env.signer
+        mounts = pod["spec"]["containers"][0]["volumeMounts"]
+        assert {
+            "name": volume["name"],
+            "mountPath": "/var/run/secrets/trustwarden.io/",
+            "readOnly": True,
+        } in mounts
+        injected = Env(
+            cluster,
+            env.admin,
+            env.node,
+            env.other_node,
+            ns,
+            env.domain,
+            env.trust_domain,
+            env.signer,
+            env.tmp,
+        )
+        chain = chain_of(issued(injected, pod))
+        assert f"/ns/{ns}/sa/default" in str(
+            chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        )
