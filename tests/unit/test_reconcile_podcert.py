@@ -260,3 +260,46 @@ def test_inventory_lists_issued_pod_certificates_with_pod_owner_serial_expiry() 
     assert row.serial.replace(":", "").lower().lstrip("0") == "ab"
     assert row.not_after == plan.not_after and row.next_renewal == plan.begin_refresh_at
     assert row.state.value == "ok"
+
+
+def test_older_cluster_keeps_the_secret_path_and_reports_the_signer_unavailable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from trustwarden.metrics import Metrics
+    from trustwarden.reconcile.engine import EngineConfig
+    from trustwarden.reconcile.podcerts import PodCertificates
+
+    class OldCluster:
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        async def served_resources(self, path: str) -> set[str] | None:
+            self.asked.append(path)
+            return {"certificatesigningrequests"}  # certificates.k8s.io/v1 before 1.37
+
+    wid = identity()
+    engine = SimpleNamespace(
+        config=EngineConfig(),
+        started=True,
+        domains={"prod": object()},
+        wids={("shop", "web"): wid},
+        namespaces={},
+        dirty_status=set(),
+        anchor_gates=[],
+        status_extras=None,
+    )
+    kube = OldCluster()
+    controller = PodCertificates(kube, engine, Metrics())  # type: ignore[arg-type]
+    with caplog.at_level("WARNING"):
+        asyncio.run(controller.run())
+    assert kube.asked == ["/apis/certificates.k8s.io/v1"]
+    assert [r.message for r in caplog.records if "unavailable" in r.message][:1]
+    assert engine.anchor_gates == []  # rotation is never held back by a bundle never written
+    assert ("td", "", "prod") in engine.dirty_status
+    signer = engine.status_extras("td", "", "prod")["signer"]
+    assert signer["available"] is False and "1.37" in signer["message"]
+    extra = engine.status_extras("wid", "shop", "web")
+    assert extra["denial"][0] == "SignerUnavailable"
