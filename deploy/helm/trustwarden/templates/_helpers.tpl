@@ -148,6 +148,7 @@ ClusterRole (every namespace) or into one Role per watched namespace (watchNames
 - apiGroups: ["certificates.k8s.io"]
   resources: ["podcertificaterequests"]
   verbs: ["get", "list", "watch"]
+# Issued, Denied or Failed, with the chain: a PUT of the whole object to /status.
 - apiGroups: ["certificates.k8s.io"]
   resources: ["podcertificaterequests/status"]
   verbs: ["update"]
