@@ -99,9 +99,18 @@ def fanout(m: int) -> list[Step]:
     return [(name, lambda bench, ctx: bench.ca_fanout(name, m))]
 
 
+def pcr_burst(n: int) -> list[Step]:
+    name = f"pcr-burst-{n}"
+    return [(name, lambda bench, ctx: bench.pcr_burst(name, n))]
+
+
 def profile_steps(profile: str, cert_manager: bool) -> list[Step]:
     if profile == "smoke":
-        return [*burst(20, 2, profile=True, restart_settle=3), *shared(20, 2, cert_manager)]
+        return [
+            *burst(20, 2, profile=True, restart_settle=3),
+            *shared(20, 2, cert_manager),
+            *pcr_burst(20),
+        ]
     if profile == "quick":
         return [
             *burst(100, 10),
@@ -111,6 +120,7 @@ def profile_steps(profile: str, cert_manager: bool) -> list[Step]:
             *shared(1000, 10, cert_manager),
             *sweep(500, 10, "10m", "10%"),
             *fanout(100),
+            *pcr_burst(1000),
         ]
     if profile == "full":
         return [
@@ -122,6 +132,7 @@ def profile_steps(profile: str, cert_manager: bool) -> list[Step]:
             *shared(1000, 10, cert_manager),
             *sweep(2000, 10, "10m", "50%"),
             *fanout(100),
+            *pcr_burst(1000),
         ]
     raise SystemExit(f"unknown profile {profile}")
 

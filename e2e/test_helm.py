@@ -588,13 +588,23 @@ def test_namespace_scoped_mode_uses_roles(cluster: Cluster) -> None:
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
-    # Cluster-wide, only reads of cluster-scoped kinds, TrustDomain status, and one webhook.
+    # Cluster-wide, only reads of cluster-scoped kinds, TrustDomain status, one webhook, and
+    # the cluster-scoped parts of pod certificates (our signers, our ClusterTrustBundles).
     writes = {g for g in granted if g[2] not in ("get", "list", "watch")}
     assert writes == {
         ("trustwarden.io", "trustdomains/status", "patch"),
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch"),
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "update"),
+        ("certificates.k8s.io", "signers", "sign"),
+        ("certificates.k8s.io", "signers", "attest"),
+        ("certificates.k8s.io", "clustertrustbundles", "create"),
+        ("certificates.k8s.io", "clustertrustbundles", "update"),
+        ("certificates.k8s.io", "clustertrustbundles", "delete"),
     }
+    signers = [r for r in cluster_role["rules"] if "signers" in r["resources"]]
+    assert [r.get("resourceNames") for r in signers] == [["trustwarden.io/*"]]
+    # PodCertificateRequests are namespaced: in namespace-scoped mode, only in Roles.
+    assert not {g for g in granted if g[1].startswith("podcertificaterequests")}
     assert not {g for g in granted if g[1] in ("secrets", "configmaps", "pods")}
 
 

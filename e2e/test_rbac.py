@@ -321,6 +321,49 @@ spec:
     )
 
 
+def test_pod_certificate_is_signed_under_the_chart_rbac(
+    cluster: Cluster, env: Env, tmp_path: Path
+) -> None:
+    """A node's PodCertificateRequest, answered by the operator on the chart's RBAC alone
+    (list/watch, status update, sign), and its ClusterTrustBundle written (attest)."""
+    from e2e import test_pod_certificates as pc
+
+    pki = cluster.directory / "pki"
+    server = str(cluster.api.configuration.host)
+    admin = pc.Client(server, pki / "ca.crt", pki / "admin.crt", pki / "admin.key")
+    node = pc.make_node(cluster, admin, tmp_path, server)
+    try:
+        apply_yaml(
+            cluster,
+            f"""
+apiVersion: trustwarden.io/v1alpha1
+kind: WorkloadIdentity
+metadata: {{name: pc, namespace: {env.shared_ns}}}
+spec:
+  trustDomain: {env.domain}
+  podSelector: {{matchLabels: {{app: pc}}}}
+  delivery: {{mode: PodCertificate}}
+""",
+        )
+        penv = pc.Env(
+            cluster,
+            admin,
+            node,
+            node,
+            env.shared_ns,
+            env.domain,
+            env.trust_domain,
+            f"trustwarden.io/{env.domain}",
+            tmp_path,
+        )
+        pcr = pc.issued(penv, pc.make_pod(penv, "pc-1", {"app": "pc"}))
+        anchors = pc.bundle_anchors(penv)
+        result = openssl_verify(tmp_path / "v", pcr["status"]["certificateChain"].encode(), anchors)
+        assert result.returncode == 0, result.stdout + result.stderr
+    finally:
+        admin.call("DELETE", f"/api/v1/nodes/{node.name}")
+
+
 def test_no_request_was_forbidden(env: Env) -> None:
     """Everything above ran on the chart's RBAC alone: the API refused nothing."""
     assert "starting reconciliation" in env.operator.log()
@@ -416,6 +459,13 @@ def test_the_service_account_cannot_escalate_or_reach_beyond_its_scope(
         ("delete", "configmaps/extension-apiserver-authentication", "kube-system"),
         ("update", "configmaps", env.shared_ns),
         ("patch", "configmaps/trustwarden-bundle", env.shared_ns),
+        # Pod certificates: answer requests of its own signers only, never make one.
+        ("create", "podcertificaterequests.certificates.k8s.io", env.shared_ns),
+        ("update", "podcertificaterequests.certificates.k8s.io", env.shared_ns),
+        ("patch", "podcertificaterequests.certificates.k8s.io#status", env.shared_ns),
+        ("delete", "podcertificaterequests.certificates.k8s.io", env.shared_ns),
+        ("patch", "clustertrustbundles.certificates.k8s.io", None),
+        ("update", "certificatesigningrequests.certificates.k8s.io#status", None),
     ]
     if env.mode == "namespaced":
         denied += [
@@ -424,6 +474,7 @@ def test_the_service_account_cannot_escalate_or_reach_beyond_its_scope(
             ("list", "secrets", env.outside_ns),
             ("list", "secrets", None),
             ("get", "configmaps", env.outside_ns),
+            ("list", "podcertificaterequests.certificates.k8s.io", env.outside_ns),
             ("create", "secrets", env.outside_ns),
             ("list", "pods", env.outside_ns),
             ("list", "workloadidentities.trustwarden.io", env.outside_ns),
@@ -442,9 +493,31 @@ def test_the_service_account_cannot_escalate_or_reach_beyond_its_scope(
         ("update", "configmaps/trustwarden-bundle", env.shared_ns),
         ("delete", "configmaps/trustwarden-bundle", env.shared_ns),
         ("update", "configmaps/trustwarden-ledger-x", env.namespace),
+        ("update", "configmaps/trustwarden-podcerts-x", env.namespace),
+        ("list", "podcertificaterequests.certificates.k8s.io", env.shared_ns),
+        ("watch", "podcertificaterequests.certificates.k8s.io", env.pod_ns),
+        ("update", "podcertificaterequests.certificates.k8s.io#status", env.shared_ns),
+        ("create", "clustertrustbundles.certificates.k8s.io", None),
+        ("update", "clustertrustbundles.certificates.k8s.io", None),
+        ("delete", "clustertrustbundles.certificates.k8s.io", None),
     ]
     wrongly_allowed = [c for c in denied if _can_i(env, *c)]
     wrongly_denied = [c for c in allowed if not _can_i(env, *c)]
+    # Signer names hold a '/', which `kubectl auth can-i` cannot pass: ask the API directly.
+    signers = {
+        ("sign", "trustwarden.io/*"): True,
+        ("attest", "trustwarden.io/*"): True,
+        ("sign", "kubernetes.io/*"): False,
+        ("sign", "kubernetes.io/kube-apiserver-client"): False,
+        ("sign", "example.com/*"): False,
+        ("attest", "kubernetes.io/*"): False,
+        ("approve", "trustwarden.io/*"): False,
+    }
+    for (verb, signer), expected in signers.items():
+        if _may_signer(env, verb, signer) != expected:
+            (wrongly_denied if expected else wrongly_allowed).append(
+                (verb, f"signers/{signer}", None)
+            )
     assert not wrongly_allowed, f"the ServiceAccount may: {wrongly_allowed}"
     assert not wrongly_denied, f"the ServiceAccount may not: {wrongly_denied}"
 
@@ -477,6 +550,24 @@ def test_the_service_account_cannot_escalate_or_reach_beyond_its_scope(
     else:
         # Cluster-wide mode serves every namespace, so it may read Secrets everywhere.
         client.CoreV1Api(api).read_namespaced_secret("not-yours", env.outside_ns)
+
+
+def _may_signer(env: Env, verb: str, signer: str) -> bool:
+    review = client.AuthorizationV1Api(
+        _service_account_client(env.kubeconfig)
+    ).create_self_subject_access_review(
+        {
+            "spec": {
+                "resourceAttributes": {
+                    "group": "certificates.k8s.io",
+                    "resource": "signers",
+                    "name": signer,
+                    "verb": verb,
+                }
+            }
+        }
+    )
+    return bool(review.status.allowed)
 
 
 def _service_account_client(kubeconfig: Path) -> client.ApiClient:

@@ -866,6 +866,185 @@ class Bench:
         self.cleanup(nss, domain=td, opns=opns)
         return result
 
+    # ---------------------------------------------------------------- pod certificates
+
+    def pcr_burst(self, name: str, n: int, *, threads: int = 16) -> dict[str, Any]:
+        """`n` PodCertificateRequests created by a node client, one per pod bound to it, as
+        fast as the API takes them; each timed from its create answer to the first watch
+        event that shows it Issued. Pods, node and CSRs are made before the clock starts."""
+        import threading
+
+        from kubernetes import watch
+
+        from bench.harness import podcerts
+
+        prefix = self.prefix()
+        opns, td, ns = f"{prefix}-tw", f"{prefix}-td", f"{prefix}-ns0"
+        signer = f"trustwarden.io/{td}"
+        self.log(f"[{name}] {n} PodCertificateRequests from one node (burst)")
+        op = self.operator(opns, name)
+        self.domain(td, f"{prefix}.bench.example.org")
+        kube.create_namespaces(self.cluster.api, [ns], {})
+        custom = client.CustomObjectsApi(self.cluster.api)
+        custom.create_namespaced_custom_object(
+            kube.GROUP,
+            kube.VERSION,
+            ns,
+            "workloadidentities",
+            {
+                "apiVersion": f"{kube.GROUP}/{kube.VERSION}",
+                "kind": "WorkloadIdentity",
+                "metadata": {"name": "bench"},
+                "spec": {
+                    "trustDomain": td,
+                    "podSelector": {"matchLabels": {"app": "bench"}},
+                    "ttl": "1h",
+                    "delivery": {"mode": "PodCertificate"},
+                },
+            },
+        )
+        server = str(self.cluster.api.configuration.host)
+        node = podcerts.NodeClient(
+            server, self.cluster.directory / "pki", f"{prefix}-node", self.state / "node"
+        )
+        core = client.CoreV1Api(self.cluster.api)
+        sa_uid = str(self.wait(lambda: _sa_uid(core, ns), 60, f"ServiceAccount default in {ns}"))
+        items = [("Pod", ns, podcerts.pod(f"p{i}", node.name, signer, name)) for i in range(n)]
+        made = kube.create_many(self.cluster.api, items, threads=threads)
+        if made.errors:
+            raise RuntimeError(f"creating pods failed: {made.errors[:3]}")
+        pods = [{"metadata": made.bodies[(ns, f"p{i}")]} for i in range(n)]
+        csrs = podcerts.stub_csrs(n)
+        self.wait(
+            lambda: (
+                custom.get_cluster_custom_object(kube.GROUP, kube.VERSION, "trustdomains", td)
+                .get("status", {})
+                .get("signer", {})
+                .get("available")
+            ),
+            60,
+            "the signer to be available",
+        )
+        self.wait_quiet(3)
+        issued_at: dict[str, float] = {}
+        outcomes: dict[str, str] = {}
+        stop = threading.Event()
+        listing = custom.list_namespaced_custom_object(
+            "certificates.k8s.io", "v1", ns, "podcertificaterequests"
+        )
+        version = listing["metadata"]["resourceVersion"]
+
+        failures: list[str] = []
+
+        def follow() -> None:
+            # Reconnects from the last version seen: a burst must not lose its watch.
+            last = version
+            while not stop.is_set():
+                stream = watch.Watch()
+                try:
+                    for event in stream.stream(
+                        custom.list_namespaced_custom_object,
+                        "certificates.k8s.io",
+                        "v1",
+                        ns,
+                        "podcertificaterequests",
+                        resource_version=last,
+                        timeout_seconds=60,
+                    ):
+                        obj = event["object"]
+                        if event["type"] not in ("ADDED", "MODIFIED") or not isinstance(obj, dict):
+                            continue
+                        last = obj["metadata"].get("resourceVersion") or last
+                        status = obj.get("status")
+                        conditions = status.get("conditions") if isinstance(status, dict) else ()
+                        for cond in conditions or ():
+                            key = obj["metadata"]["name"]
+                            if cond.get("type") in ("Issued", "Denied", "Failed") and (
+                                key not in outcomes
+                            ):
+                                outcomes[key] = str(cond["type"])
+                                issued_at[key] = time.time()
+                        if stop.is_set():
+                            stream.stop()
+                except Exception as exc:
+                    failures.append(repr(exc)[:200])
+
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
+        window = CpuWindow(self.pids(("trustwarden", op.pid))).start()
+        self.monitor.reset_peak("trustwarden")
+        t_start = time.time()
+        burst = podcerts.create_requests(
+            node,
+            ns,
+            pods,
+            csrs,
+            signer,
+            sa_uid,
+            threads=threads,
+            progress=lambda k: self.log(f"  created {k}/{n} PCRs"),
+        )
+        try:
+            self.wait(
+                lambda: len(outcomes) >= len(burst.created), 120 + n / 10, f"{n} PCRs decided"
+            )
+        except TimeoutError as exc:
+            self.log(f"  {exc}")
+        t_done = max(issued_at.values(), default=time.time())
+        time.sleep(max(0.0, t_done + SETTLE_S - time.time()))
+        stop.set()
+        usage = window.stop()
+        requests = self.requests("trustwarden", t_start - 0.5, t_done + SETTLE_S)
+        issued = sum(1 for v in outcomes.values() if v == "Issued")
+        latencies = [issued_at[k] - t for k, t in burst.created.items() if k in issued_at]
+        first = min(burst.created.values(), default=t_start)
+        result = blank(n, 1)
+        result.update(
+            {
+                "p50_s": percentile(latencies, 50),
+                "p95_s": percentile(latencies, 95),
+                "p99_s": percentile(latencies, 99),
+                "max_s": percentile(latencies, 100),
+                "certs_per_s": round(issued / max(t_done - first, 1e-3), 1) if issued else 0,
+                "issued": issued,
+                "errors": len(burst.errors) + (len(burst.created) - issued),
+                "error_samples": burst.errors[:5] + failures[:3],
+                "api_writes_per_cert": round(requests["writes"] / max(issued, 1), 3),
+                "api_reads_per_cert": round(requests["reads"] / max(issued, 1), 3),
+                "api_requests": requests,
+                "peak_rss_mib": _round(self.monitor.peak("trustwarden")),
+                "cpu_s": usage["cpu_s"].get("trustwarden"),
+                "cpu_ms_per_cert": round(
+                    1000 * usage["cpu_s"].get("trustwarden", 0) / max(issued, 1), 2
+                ),
+                "load": usage,
+                "duration_s": round(t_done - first, 2),
+            }
+        )
+        self.samples[name] = {"latencies": sorted(round(x, 4) for x in latencies)}
+        self.log(
+            f"  {issued}/{n} issued, p50 {result['p50_s']}s p99 {result['p99_s']}s, "
+            f"{result['certs_per_s']} PCRs/s, {result['api_writes_per_cert']} writes/cert, "
+            f"CPU {result['cpu_s']}s"
+        )
+        op.stop()
+        self.monitor.unwatch("trustwarden")
+        # Pods bound to a node wait for its kubelet to confirm a graceful deletion; there is
+        # none, so they go at once.
+        core.delete_collection_namespaced_pod(ns, grace_period_seconds=0)
+        node.call("DELETE", f"/api/v1/nodes/{node.name}")
+        self.cleanup([ns], domain=td, opns=opns)
+        return result
+
+
+def _sa_uid(core: client.CoreV1Api, namespace: str) -> str | None:
+    try:
+        return str(core.read_namespaced_service_account("default", namespace).metadata.uid)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
 
 def _ready_condition(obj: dict[str, Any]) -> bool:
     return any(

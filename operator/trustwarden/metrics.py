@@ -95,6 +95,19 @@ class Metrics:
             ["trust_domain"],
             registry=r,
         )
+        self.pcr_results = Counter(
+            "trustwarden_pod_certificate_requests",
+            "PodCertificateRequests answered, by signer and result (issued, denied, failed, "
+            "error).",
+            ["signer", "result"],
+            registry=r,
+        )
+        self.pcr_latency = Histogram(
+            "trustwarden_pod_certificate_duration_seconds",
+            "Time from seeing a PodCertificateRequest until its Issued status is written.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
         self.is_leader = Gauge(
             "trustwarden_leader",
             "1 when this replica holds the leader lease and reconciles, else 0.",

@@ -332,6 +332,13 @@ class FakePort:
         body = self.bundles.get(namespace)
         return copy.deepcopy(body) if body is not None else None
 
+    def list_pod_certificate_requests(self, namespace: str | None) -> list[dict[str, Any]]:
+        return [
+            copy.deepcopy(r)
+            for r in getattr(self, "pod_certificate_requests", [])
+            if not namespace or r["metadata"]["namespace"] == namespace
+        ]
+
     def list_identities(self, namespace: str | None) -> list[dict[str, Any]]:
         if self.crd_missing:
             raise CRDMissingError("install the CRDs: kubectl apply -f deploy/crds/")

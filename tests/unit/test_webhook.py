@@ -31,6 +31,7 @@ from trustwarden.handlers.webhook_tls import make_serving_certificate
 from trustwarden.reconcile.injection import (
     MOUNT_PATH,
     InjectionPatch,
+    InjectionRejected,
     json_patch,
     plan_injection,
     pointer_token,
@@ -383,3 +384,54 @@ def test_endpoint_serves_tls_once_the_caches_are_loaded(tmp_path: Path) -> None:
 
     answer = asyncio.run(scenario())
     assert answer["response"] == {"uid": "over-tls", "allowed": True}
+
+
+def _native(name: str = "web", **spec: Any) -> WorkloadIdentitySpec:
+    return WorkloadIdentitySpec.from_body(
+        {
+            "metadata": {"namespace": "ns", "name": name},
+            "spec": {
+                "trustDomain": "prod",
+                "podSelector": {"matchLabels": {"app": "web"}},
+                "delivery": {"mode": "PodCertificate"},
+                "ttl": "2h",
+                **spec,
+            },
+        }
+    )
+
+
+def test_pod_certificate_identity_gets_the_projected_volume_at_the_secret_paths() -> None:
+    pod: dict[str, Any] = {
+        "metadata": {"namespace": "ns", "name": "web-1", "labels": {"app": "web"}},
+        "spec": {
+            "containers": [
+                {"name": "app", "volumeMounts": [{"name": "x", "mountPath": MOUNT_PATH}]}
+            ]
+        },
+    }
+    plan = plan_injection(pod, [_native()], key=ADMISSION_KEY)
+    assert plan.secret_name is None and plan.labels == {} and plan.annotations == {}
+    injected = _apply(pod, plan)
+    (volume,) = injected["spec"]["volumes"]
+    sources = volume["projected"]["sources"]
+    assert sources[0]["podCertificate"] == {
+        "signerName": "trustwarden.io/prod",
+        "keyType": "ECDSAP256",
+        "maxExpirationSeconds": 7200,
+        "keyPath": "tls.key",
+        "certificateChainPath": "tls.crt",
+    }
+    assert sources[1]["clusterTrustBundle"]["path"] == "ca.crt"
+    # The hand-written mount at our path is replaced by ours.
+    assert injected["spec"]["containers"][0]["volumeMounts"] == [
+        {"name": volume["name"], "mountPath": MOUNT_PATH, "readOnly": True}
+    ]
+
+
+def test_pod_certificate_injection_refuses_two_identities_and_rsa2048() -> None:
+    pod = {"metadata": {"namespace": "ns", "name": "p", "labels": {"app": "web"}}, "spec": {}}
+    with pytest.raises(InjectionRejected, match="more than one"):
+        plan_injection(pod, [_native("a"), _native("b")], key=ADMISSION_KEY)
+    with pytest.raises(InjectionRejected, match="keyAlgorithm"):
+        plan_injection(pod, [_native(keyAlgorithm="RSA2048")], key=ADMISSION_KEY)

@@ -36,6 +36,7 @@ from trustwarden.metrics import Metrics
 from trustwarden.names import INJECT_LABEL, MANAGED_BY, MANAGER
 from trustwarden.reconcile.admission import ensure_key
 from trustwarden.reconcile.engine import Engine, EngineConfig
+from trustwarden.reconcile.podcerts import PodCertificates
 
 log = logging.getLogger("trustwarden")
 
@@ -233,6 +234,9 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
         else None
     )
     engine.follow()
+    # Pod certificates (Kubernetes 1.37+): a controller of its own that the engine only feeds.
+    pod_certificates = PodCertificates(gateway, engine, metrics)
+    pod_certificates_task = asyncio.create_task(pod_certificates.run(), name="pod-certificates")
     registry = build_registry()
 
     @kopf.on.login(registry=registry)
@@ -326,6 +330,9 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
     finally:
         for task in tasks:
             task.cancel()
+        pod_certificates_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pod_certificates_task
         await webhook.close()
         await engine.stop()
         if elector is not None:

@@ -28,6 +28,7 @@ from trustwarden.reconcile.ports import (
     Body,
     ConflictError,
     GoneError,
+    InvalidError,
     ListPage,
     NotFoundError,
     ObjectRef,
@@ -38,6 +39,13 @@ T = TypeVar("T")
 
 PLURALS = {"TrustDomain": "trustdomains", "WorkloadIdentity": "workloadidentities"}
 CORE_PLURALS = {"Secret": "secrets", "ConfigMap": "configmaps", "Pod": "pods"}
+# Kubernetes 1.37+: pod certificates and their trust bundles.
+CERTIFICATES = "/apis/certificates.k8s.io/v1"
+CERT_PLURALS = {
+    "PodCertificateRequest": "podcertificaterequests",
+    "ClusterTrustBundle": "clustertrustbundles",
+}
+LISTABLE = frozenset({"Pod", "Secret", "ConfigMap", *CERT_PLURALS})
 MAX_ATTEMPTS = 8
 LIST_PAGE = 500
 WATCH_SECONDS = 300
@@ -49,6 +57,9 @@ def object_path(kind: str, namespace: str | None, name: str | None = None) -> st
     if kind in CORE_PLURALS:
         scope = f"/namespaces/{namespace}" if namespace else ""
         base = f"/api/v1{scope}/{CORE_PLURALS[kind]}"
+    elif kind in CERT_PLURALS:
+        scope = f"/namespaces/{namespace}" if namespace else ""
+        base = f"{CERTIFICATES}{scope}/{CERT_PLURALS[kind]}"
     elif kind in PLURALS:
         scope = f"/namespaces/{namespace}" if namespace else ""
         base = f"/apis/{GROUP}/{VERSION}{scope}/{PLURALS[kind]}"
@@ -131,11 +142,13 @@ class KubeGateway:
     ) -> AsyncIterator[ListPage]:
         """Every Pod or Secret matching a label selector, 500 per page, yielded page by page
         (the next page is fetched only when the caller has handled this one)."""
-        if kind not in ("Pod", "Secret"):
+        if kind not in LISTABLE:
             raise ValueError(f"cannot list {kind}")
         token: str | None = None
         while True:
-            params = {"labelSelector": label_selector, "limit": str(LIST_PAGE)}
+            params = {"limit": str(LIST_PAGE)}
+            if label_selector:
+                params["labelSelector"] = label_selector
             if token:
                 params["continue"] = token
             page = await self._send("GET", object_path(kind, namespace), params=params)
@@ -151,7 +164,7 @@ class KubeGateway:
         self, kind: str, *, label_selector: str, namespace: str | None, resource_version: str
     ) -> AsyncIterator[tuple[str, Body]]:
         params = {
-            "labelSelector": label_selector,
+            **({"labelSelector": label_selector} if label_selector else {}),
             "resourceVersion": resource_version,
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(WATCH_SECONDS),
@@ -175,14 +188,37 @@ class KubeGateway:
             raise
 
     async def create(self, kind: str, namespace: str, body: Body) -> Body:
-        if kind not in ("Secret", "ConfigMap"):
+        """Create a Secret or ConfigMap (in `namespace`) or a ClusterTrustBundle (pass "")."""
+        if kind not in ("Secret", "ConfigMap", "ClusterTrustBundle"):
             raise ValueError(f"cannot create {kind}")
-        return await self._send("POST", object_path(kind, namespace), body=dict(body))
+        return await self._send("POST", object_path(kind, namespace or None), body=dict(body))
 
     async def replace(self, kind: str, namespace: str, name: str, body: Body) -> Body:
-        if kind not in ("Secret", "ConfigMap"):
+        if kind not in ("Secret", "ConfigMap", "ClusterTrustBundle"):
             raise ValueError(f"cannot replace {kind}")
-        return await self._send("PUT", object_path(kind, namespace, name), body=dict(body))
+        return await self._send("PUT", object_path(kind, namespace or None, name), body=dict(body))
+
+    async def update_status(self, kind: str, namespace: str, name: str, body: Body) -> Body:
+        """PUT the whole object to its status subresource (a PodCertificateRequest's status
+        is set with `update`; its resourceVersion makes a concurrent writer fail with 409)."""
+        if kind != "PodCertificateRequest":
+            raise ValueError(f"cannot update the status of {kind}")
+        try:
+            return await self._send(
+                "PUT", object_path(kind, namespace, name) + "/status", body=dict(body)
+            )
+        except ApiError as exc:
+            if exc.status == 422:
+                raise InvalidError(exc.message) from exc
+            raise
+
+    async def served_resources(self, group_version_path: str) -> set[str] | None:
+        """The resource names an API group version serves, or None when it is not served."""
+        try:
+            answer = await self._send("GET", group_version_path)
+        except NotFoundError:
+            return None
+        return {str(r.get("name")) for r in answer.get("resources") or ()}
 
     async def patch_data(
         self,
@@ -203,13 +239,13 @@ class KubeGateway:
         )
 
     async def delete(self, kind: str, namespace: str, name: str, *, uid: str | None = None) -> bool:
-        if kind not in ("Secret", "ConfigMap"):
+        if kind not in ("Secret", "ConfigMap", "ClusterTrustBundle"):
             raise ValueError(f"cannot delete {kind}")
         options: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}
         if uid:
             options["preconditions"] = {"uid": uid}
         try:
-            await self._send("DELETE", object_path(kind, namespace, name), body=options)
+            await self._send("DELETE", object_path(kind, namespace or None, name), body=options)
         except NotFoundError:
             return False
         except ConflictError:

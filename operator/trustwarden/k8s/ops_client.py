@@ -296,7 +296,23 @@ class OpsClient:
             name=BUNDLE_CONFIGMAP,
         )
 
-    def _list_custom(self, plural: str, namespace: str | None) -> list[Json]:
+    def list_pod_certificate_requests(self, namespace: str | None) -> list[Json]:
+        try:
+            return self._call(
+                lambda: self._list_custom(
+                    "podcertificaterequests", namespace, group="certificates.k8s.io", version="v1"
+                ),
+                verb="list",
+                resource="podcertificaterequests",
+                namespace=namespace,
+                group="certificates.k8s.io",
+            )
+        except NotFoundError:
+            return []  # a cluster before 1.37: no pod certificates
+
+    def _list_custom(
+        self, plural: str, namespace: str | None, *, group: str = GROUP, version: str = VERSION
+    ) -> list[Json]:
         items: list[Json] = []
         token: str | None = None
         while True:
@@ -305,10 +321,10 @@ class OpsClient:
                 args["_continue"] = token
             if namespace:
                 page = self.custom.list_namespaced_custom_object(
-                    GROUP, VERSION, namespace, plural, **args
+                    group, version, namespace, plural, **args
                 )
             else:
-                page = self.custom.list_cluster_custom_object(GROUP, VERSION, plural, **args)
+                page = self.custom.list_cluster_custom_object(group, version, plural, **args)
             items.extend(dict(i) for i in page.get("items") or ())
             token = (page.get("metadata") or {}).get("continue")
             if not token:

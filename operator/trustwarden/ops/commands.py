@@ -101,6 +101,9 @@ def inventory(
     rows = inv.build_rows(
         secrets, identities, domains, bundles, now, operator_namespace=operator_namespace
     )
+    rows += inv.build_pod_certificate_rows(
+        ctx.port.list_pod_certificate_requests(namespace), identities, domains, bundles, now
+    )
     rows = inv.filter_rows(rows, now, expiring_within=expiring_within, owner=owner)
     if output == "json":
         ctx.out.write(inv.format_json(rows, now))

@@ -7,8 +7,9 @@ import csv
 import fnmatch
 import io
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -22,6 +23,7 @@ from trustwarden.names import (
     ISSUER_ANNOTATION,
     OPERATOR_NAMESPACE,
     OWNER_ANNOTATION,
+    PREFIX,
     RENEW_AT_ANNOTATION,
     SPIFFE_ID_ANNOTATION,
     TRUST_DOMAIN_ANNOTATION,
@@ -47,6 +49,10 @@ from .model import (
 )
 
 SHARED = "(shared)"
+# Pod certificates have no Secret: the column names the PodCertificateRequest instead.
+PCR_PREFIX = "pcr/"
+SIGNER_PREFIX = PREFIX  # a TrustDomain <name> signs as trustwarden.io/<name>
+ISSUED_FOR = re.compile(r"for WorkloadIdentity ([a-z0-9.-]+)/([a-z0-9.-]+)$")
 
 
 class State(StrEnum):
@@ -216,6 +222,70 @@ def build_rows(
         if not is_managed(secret) or identity is None or namespace == operator_namespace:
             continue
         rows.append(_row(secret, namespace, identity, wids, by_td, bundle_cache, now))
+    rows.sort(key=lambda r: (r.namespace, r.identity, r.pod, r.secret))
+    return rows
+
+
+def build_pod_certificate_rows(
+    requests: Sequence[Body],
+    identities: Sequence[Body],
+    domains: Sequence[Body],
+    bundles: Sequence[Body],
+    now: datetime,
+) -> list[InventoryRow]:
+    """Every certificate trustwarden issued through a PodCertificateRequest (Kubernetes 1.37+):
+    the request's status holds the chain, its spec the pod. A request refreshed by a newer one
+    shows as renewing until the API server cleans it up."""
+    by_td = _domains(domains)
+    wids = _identity_index(identities)
+    bundle_cache = _BundleCache(bundles)
+    rows: list[InventoryRow] = []
+    for request in requests:
+        spec = request.get("spec") or {}
+        status = request.get("status") or {}
+        if not str(spec.get("signerName") or "").startswith(SIGNER_PREFIX):
+            continue
+        issued = condition(request, "Issued")
+        if issued is None or not status.get("certificateChain"):
+            continue
+        match = ISSUED_FOR.search(str(issued.get("message") or ""))
+        namespace = namespace_of(request)
+        identity = match.group(2) if match and match.group(1) == namespace else ""
+        wid = wids.get((namespace, identity))
+        certs = load_pem_certs(str(status["certificateChain"]))
+        leaf = certs[0] if certs else None
+        spiffe_id = _spiffe_of(leaf) if leaf is not None else ""
+        trust_domain = ""
+        if spiffe_id:
+            try:
+                trust_domain = SpiffeID.parse(spiffe_id).trust_domain
+            except PKIError:
+                trust_domain = ""
+        anchors, revoked = (
+            bundle_cache.get(namespace, trust_domain) if trust_domain else ([], set())
+        )
+        refresh = parse_time(status.get("beginRefreshAt"))
+        row = InventoryRow(
+            namespace=namespace,
+            secret=PCR_PREFIX + name_of(request),
+            identity=identity or "-",
+            pod=str(spec.get("podName") or "-"),
+            spiffe_id=spiffe_id,
+            owner=str(((wid or {}).get("spec") or {}).get("owner") or ""),
+            trust_domain=trust_domain,
+            authority=_authority(leaf, {}, by_td.get(trust_domain), anchors) if leaf else None,
+            serial=serial_hex(leaf.serial_number) if leaf is not None else "",
+            not_before=leaf.not_valid_before_utc if leaf is not None else None,
+            not_after=leaf.not_valid_after_utc if leaf is not None else None,
+            time_left=leaf.not_valid_after_utc - now if leaf is not None else None,
+            next_renewal=refresh,
+            state=State.invalid,
+            detail="status.certificateChain is unreadable",
+        )
+        if leaf is not None:
+            state, detail = _state(leaf, wid, refresh, revoked, now)
+            row = replace(row, state=state, detail=detail)
+        rows.append(row)
     rows.sort(key=lambda r: (r.namespace, r.identity, r.pod, r.secret))
     return rows
 

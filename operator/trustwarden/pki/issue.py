@@ -46,6 +46,7 @@ from .keys import (
     MAX_PEM_BYTES,
     KeyAlgorithm,
     PrivateKey,
+    PublicKey,
     generate_private_key,
     key_algorithm_of,
     private_key_to_pem,
@@ -62,6 +63,7 @@ __all__ = [
     "Usage",
     "inspect_leaf",
     "issue_leaf",
+    "sign_public_key",
     "ttl_cap",
 ]
 
@@ -284,7 +286,32 @@ def issue_leaf(
             f"authority {authority.serial_hex} expires at {authority.path_not_after.isoformat()}, "
             "too soon to issue a usable certificate; rotate the CA"
         )
-    public_key = private_key.public_key()
+    certificate = sign_public_key(
+        authority, request, private_key.public_key(), not_before, not_after, serial
+    )
+    return IssuedLeaf(
+        certificate=certificate,
+        chain_pem=cert_to_pem(certificate) + authority.issuing_chain_pem + cross_chain_pem,
+        private_key_pem=private_key_to_pem(private_key),
+        serial=serial,
+        spiffe_id=request.spiffe_id,
+        issuer_sha256=authority.sha256,
+        dns_names=request.dns_names,
+        key_algorithm=request.key_algorithm,
+        usages=request.usages,
+    )
+
+
+def sign_public_key(
+    authority: Authority,
+    request: LeafRequest,
+    public_key: PublicKey,
+    not_before: datetime,
+    not_after: datetime,
+    serial: int,
+) -> x509.Certificate:
+    """Sign an X.509-SVID for a public key whose private half trustwarden never sees (a
+    kubelet's key for a PodCertificateRequest). The validity is the caller's decision."""
     if request.dns_names:
         subject = x509.Name(
             [
@@ -322,17 +349,7 @@ def issue_leaf(
         ],
     )
     certificate = builder.sign(authority.private_key, authority.signature_hash)
-    return IssuedLeaf(
-        certificate=certificate,
-        chain_pem=cert_to_pem(certificate) + authority.issuing_chain_pem + cross_chain_pem,
-        private_key_pem=private_key_to_pem(private_key),
-        serial=serial,
-        spiffe_id=request.spiffe_id,
-        issuer_sha256=authority.sha256,
-        dns_names=request.dns_names,
-        key_algorithm=request.key_algorithm,
-        usages=request.usages,
-    )
+    return certificate
 
 
 # --------------------------------------------------------------------------- inspection

@@ -265,6 +265,10 @@ class Engine:
         self._ca_series: dict[str, set[tuple[str, str, str]]] = {}
         self._ca_pem_cache: dict[tuple[str, ...], tuple[tuple[x509.Certificate, ...], bytes]] = {}
         self._ledger_flushed_at: datetime | None = None
+        # Pod certificates (reconcile/podcerts) plug in here: a new authority may sign only
+        # once every gate says its anchor is published; extra status fields per object.
+        self.anchor_gates: list[Callable[[DomainRuntime, str], bool]] = []
+        self.status_extras: Callable[[str, str, str], dict[str, Any] | None] | None = None
         self.started = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -1158,6 +1162,8 @@ class Engine:
 
     def _anchor_published(self, runtime: DomainRuntime, sha: str) -> bool:
         """True when every namespace entitled to the domain holds a bundle with `sha`."""
+        if not all(gate(runtime, sha) for gate in self.anchor_gates):
+            return False
         for namespace in self.namespaces:
             domains = self._entitled_domains(namespace)
             if runtime not in domains:
@@ -2215,6 +2221,13 @@ class Engine:
             return None
         return self.ledger.issued_to(info.namespace, info.facts.serial, info.owner_uids)
 
+    def domains_loaded(self) -> bool:
+        return self._domains_loaded()
+
+    def revoke_issued(self, namespace: str, entry: LedgerEntry, reason: str) -> str | None:
+        """Revoke a serial that another issuer of ours recorded (pod certificates)."""
+        return self._revoke_entry(namespace, entry, reason)
+
     def _domains_loaded(self) -> bool:
         return all(
             (
@@ -2712,6 +2725,8 @@ class Engine:
                 status["soonestExpiry"] = to_rfc3339(
                     min(c.not_valid_after_utc for c in runtime.external_anchors)
                 )
+        if self.status_extras is not None:
+            status.update(self.status_extras("td", "", name) or {})
         status["conditions"] = self._conditions_list(status_key, generation)
         return status
 
@@ -2740,6 +2755,20 @@ class Engine:
                 if pod is None or pod.deleting:
                     continue
                 targets.append((("pod", namespace, pod_name), pod.secret_name, pod.uid))
+        extra = (
+            self.status_extras("wid", namespace, name)
+            if self.status_extras is not None
+            and spec is not None
+            and spec.mode is DeliveryMode.POD_CERTIFICATE
+            else None
+        )
+        if extra:  # pod certificates: counted by their controller, no Secrets to look at
+            targets = []
+            selected, issued = int(extra.pop("selectedPods", 0)), int(extra.pop("issued", 0))
+            denial = extra.pop("denial", None)
+            if denial is not None:
+                failed, first_failure = 1, Failure(*denial)
+            status.update(extra)
         for work_key, secret_name, owner_uid in targets:
             selected += 1
             info = self.secrets.get((namespace, secret_name or ""))

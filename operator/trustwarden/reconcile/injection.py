@@ -7,11 +7,29 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trustwarden.names import ADMISSION_ANNOTATION, IDENTITY_LABEL, SECRET_ANNOTATION, SVID_VOLUME
+from trustwarden.names import (
+    ADMISSION_ANNOTATION,
+    IDENTITY_LABEL,
+    MANAGED_BY,
+    MANAGER,
+    SECRET_ANNOTATION,
+    SVID_VOLUME,
+)
 from trustwarden.reconcile.admission import AdmissionKey
 from trustwarden.reconcile.model import DeliveryMode, WorkloadIdentitySpec
 
 MOUNT_PATH = "/var/run/secrets/trustwarden.io/"
+# PodCertificate identities: the projected volume the kubelet fills (key made on the node).
+POD_CERTIFICATE_VOLUME = "trustwarden-pod-certificate"
+# The podCertificate volume's key types (RSA2048 has none: the kubelet does not make it).
+VOLUME_KEY_TYPES = {
+    "ECDSAP256": "ECDSAP256",
+    "ECDSAP384": "ECDSAP384",
+    "Ed25519": "ED25519",
+    "RSA3072": "RSA3072",
+    "RSA4096": "RSA4096",
+}
+MAX_EXPIRATION_SECONDS = 7_862_400  # the API's maximum (91 days)
 
 
 class InjectionRejected(Exception):
@@ -27,6 +45,7 @@ class InjectionPatch:
     annotations: dict[str, str | None] = field(default_factory=dict)
     identity: str | None = None
     secret_name: str | None = None
+    volume: dict[str, Any] | None = None  # PodCertificate: the projected volume to add
 
 
 def new_secret_name(identity: str) -> str:
@@ -68,6 +87,29 @@ def plan_injection(
     strip_annotations: dict[str, str | None] = {
         str(k): None for k in annotations if k in (SECRET_ANNOTATION, ADMISSION_ANNOTATION)
     }
+    native = sorted(
+        (
+            w
+            for w in identities
+            if w.mode is DeliveryMode.POD_CERTIFICATE
+            and w.pod_selector is not None
+            and w.pod_selector.matches(labels)
+        ),
+        key=lambda w: w.name,
+    )
+    if native and (matches or len(native) > 1):
+        names = ", ".join(w.name for w in [*matches, *native])
+        raise InjectionRejected(
+            f"pod {namespace}/{pod_name} is selected by more than one WorkloadIdentity "
+            f"({names}); a pod can hold one identity: make their spec.podSelector disjoint"
+        )
+    if native:
+        return InjectionPatch(
+            labels=strip_labels,
+            annotations=strip_annotations,
+            identity=native[0].name,
+            volume=pod_certificate_volume(native[0], namespace, str(pod_name)),
+        )
     if not matches:
         return InjectionPatch(labels=strip_labels, annotations=strip_annotations)
     identity = matches[0]
@@ -81,6 +123,46 @@ def plan_injection(
         identity=identity.name,
         secret_name=secret_name,
     )
+
+
+def pod_certificate_volume(
+    identity: WorkloadIdentitySpec, namespace: str, pod_name: str
+) -> dict[str, Any]:
+    """A podCertificate source for the identity's signer and the ClusterTrustBundle, with the
+    Secret path's file names (tls.key, tls.crt, ca.crt), so applications do not change."""
+    key_type = VOLUME_KEY_TYPES.get(identity.key_algorithm.value)
+    if key_type is None:
+        raise InjectionRejected(
+            f"pod {namespace}/{pod_name}: {identity.where} asks for "
+            f"{identity.key_algorithm.value}, which the kubelet cannot make for a pod "
+            f"certificate; set spec.keyAlgorithm to one of {', '.join(VOLUME_KEY_TYPES)}"
+        )
+    signer = f"trustwarden.io/{identity.trust_domain_ref}"
+    seconds = int(identity.ttl.total_seconds())
+    return {
+        "name": POD_CERTIFICATE_VOLUME,
+        "projected": {
+            "defaultMode": 0o440,
+            "sources": [
+                {
+                    "podCertificate": {
+                        "signerName": signer,
+                        "keyType": key_type,
+                        "maxExpirationSeconds": min(max(seconds, 3600), MAX_EXPIRATION_SECONDS),
+                        "keyPath": "tls.key",
+                        "certificateChainPath": "tls.crt",
+                    }
+                },
+                {
+                    "clusterTrustBundle": {
+                        "signerName": signer,
+                        "labelSelector": {"matchLabels": {MANAGED_BY: MANAGER}},
+                        "path": "ca.crt",
+                    }
+                },
+            ],
+        },
+    }
 
 
 # --- the decision as an RFC 6902 JSON Patch against the pod the API server sent -----------
@@ -106,8 +188,8 @@ def svid_volume(secret_name: str) -> dict[str, Any]:
     return {"name": SVID_VOLUME, "secret": {"secretName": secret_name, "defaultMode": 0o440}}
 
 
-def svid_mount() -> dict[str, Any]:
-    return {"name": SVID_VOLUME, "mountPath": MOUNT_PATH, "readOnly": True}
+def svid_mount(volume: str = SVID_VOLUME) -> dict[str, Any]:
+    return {"name": volume, "mountPath": MOUNT_PATH, "readOnly": True}
 
 
 def _map_ops(path: str, current: Any, changes: Mapping[str, str | None]) -> JsonPatch:
@@ -146,7 +228,15 @@ def _is_svid_volume(volume: Any) -> bool:
 
 def _is_svid_mount(mount: Any) -> bool:
     return isinstance(mount, Mapping) and (
-        mount.get("name") == SVID_VOLUME or mount.get("mountPath") == MOUNT_PATH
+        mount.get("name") in (SVID_VOLUME, POD_CERTIFICATE_VOLUME)
+        or mount.get("mountPath") == MOUNT_PATH
+    )
+
+
+def _is_our_volume(volume: Any) -> bool:
+    return isinstance(volume, Mapping) and volume.get("name") in (
+        SVID_VOLUME,
+        POD_CERTIFICATE_VOLUME,
     )
 
 
@@ -159,6 +249,18 @@ def json_patch(pod: Mapping[str, Any], plan: InjectionPatch) -> JsonPatch:
     ops = _map_ops("/metadata/labels", meta.get("labels"), plan.labels)
     ops += _map_ops("/metadata/annotations", meta.get("annotations"), plan.annotations)
     spec = pod.get("spec") or {}
+    if plan.volume is not None:
+        # PodCertificate: the projected volume (replacing one of ours written by hand).
+        ops += _list_ops("/spec/volumes", spec.get("volumes"), plan.volume, _is_our_volume)
+        for container_field in CONTAINER_FIELDS:
+            for index, container in enumerate(spec.get(container_field) or ()):
+                ops += _list_ops(
+                    f"/spec/{container_field}/{index}/volumeMounts",
+                    container.get("volumeMounts"),
+                    svid_mount(POD_CERTIFICATE_VOLUME),
+                    _is_svid_mount,
+                )
+        return ops
     if plan.secret_name is None:
         # No identity for this pod: a hand-made volume of ours (and its mounts) goes, so it
         # can never name the Secret trustwarden would write if the pod were labelled later.

@@ -39,6 +39,7 @@ class SpecError(ValueError):
 class DeliveryMode(StrEnum):
     PER_POD = "PerPod"
     SHARED = "Shared"
+    POD_CERTIFICATE = "PodCertificate"  # Kubernetes 1.37+: signed from PodCertificateRequests
 
 
 class CAKind(StrEnum):
@@ -172,7 +173,8 @@ class WorkloadIdentitySpec:
             mode = DeliveryMode(delivery.get("mode", "PerPod"))
         except ValueError as exc:
             raise SpecError(
-                "InvalidSpec", f"{where}: spec.delivery.mode must be PerPod or Shared"
+                "InvalidSpec",
+                f"{where}: spec.delivery.mode must be PerPod, Shared or PodCertificate",
             ) from exc
         shared = mode is DeliveryMode.SHARED
         secret_name = delivery.get("secretName")
@@ -184,7 +186,7 @@ class WorkloadIdentitySpec:
         raw_selector = spec.get("podSelector")
         if not shared and raw_selector is None:
             raise SpecError(
-                "InvalidSpec", f"{where}: spec.podSelector is required when mode is PerPod"
+                "InvalidSpec", f"{where}: spec.podSelector is required when mode is {mode.value}"
             )
         try:
             selector = (

@@ -20,6 +20,10 @@ class NotFoundError(Exception):
     """The object does not exist (HTTP 404)."""
 
 
+class InvalidError(Exception):
+    """The API server refused the object as invalid (HTTP 422); trying again will not help."""
+
+
 class GoneError(Exception):
     """A watch's resourceVersion is too old (HTTP 410 Gone): list again, then watch."""
 

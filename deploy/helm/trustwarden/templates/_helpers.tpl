@@ -141,4 +141,15 @@ ClusterRole (every namespace) or into one Role per watched namespace (watchNames
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]
+# Kubernetes 1.37+ pod certificates: the kubelet's PodCertificateRequests are listed and
+# watched (requests of other signers are dropped unread) and answered through the status
+# subresource with `update`, the only verb that sets it. The spec is never written, and
+# nothing here creates a request: only a node may, for its own pods (NodeRestriction).
+- apiGroups: ["certificates.k8s.io"]
+  resources: ["podcertificaterequests"]
+  verbs: ["get", "list", "watch"]
+# Issued, Denied or Failed, with the chain: a PUT of the whole object to /status.
+- apiGroups: ["certificates.k8s.io"]
+  resources: ["podcertificaterequests/status"]
+  verbs: ["update"]
 {{- end }}

@@ -1,0 +1,590 @@
+"""The pod-certificate controller: watch PodCertificateRequests, sign or refuse them, keep the
+ClusterTrustBundles, record every serial per pod UID, revoke on pod deletion.
+
+- PCRs of other signers are dropped as they arrive: never stored, updated or logged.
+- A PCR with a terminal condition (Issued, Denied, Failed) is never touched: its status is
+  immutable. A PCR created while the operator was down is in the first listing and signed
+  once the engine's domains are loaded.
+- A PCR is signed only for a pod that exists with the UID the PCR names (the API server has
+  checked that at creation; the pod may have gone since).
+- Every serial goes into the pod-certificate ledger (ConfigMap
+  `trustwarden-podcerts-<namespace>` in the operator namespace), written in batches every
+  `EngineConfig.ledger_interval`: one write covers every certificate of that interval. When
+  a pod is deleted, its still-valid serials go into its domain's CRL; after a restart, every
+  ledger serial whose pod no longer exists is revoked the same way.
+- A new authority signs only once the ClusterTrustBundle holds its anchor: the publisher is
+  one of the engine's anchor gates, and the signer checks it again before each signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from trustwarden.metrics import Metrics
+from trustwarden.names import MANAGED_BY, MANAGER, NAMESPACE_ANNOTATION, ROLE_LABEL
+from trustwarden.pki._clock import to_rfc3339
+from trustwarden.pki._x509util import sha256_hex
+from trustwarden.reconcile import podcert
+from trustwarden.reconcile.domains import DomainRuntime
+from trustwarden.reconcile.ledger import LEDGER_KEY, Ledger, LedgerEntry
+from trustwarden.reconcile.model import DeliveryMode, WorkloadIdentitySpec
+from trustwarden.reconcile.observed import NamespaceInfo
+from trustwarden.reconcile.podcerts.signer import Refused, Signed, sign
+from trustwarden.reconcile.podcerts.trust_bundles import TrustBundlePublisher
+from trustwarden.reconcile.ports import (
+    Body,
+    ConflictError,
+    InvalidError,
+    KubePort,
+    NotFoundError,
+    ObjectRef,
+)
+from trustwarden.reconcile.reflector import Key, Reflector, key_of
+from trustwarden.reconcile.scheduler import utcnow
+
+log = logging.getLogger("trustwarden.podcerts")
+
+LEDGER_PREFIX = "trustwarden-podcerts-"
+LEDGER_ROLE = "pcr-ledger"
+CERTIFICATES_V1 = "/apis/certificates.k8s.io/v1"
+NEEDED = frozenset({"podcertificaterequests", "clustertrustbundles"})
+WORKERS = 64
+RETRY = timedelta(seconds=1)
+RETRY_MAX = 30.0
+WAIT = 0.25
+
+
+class PodCertKube(KubePort, Protocol):
+    async def update_status(self, kind: str, namespace: str, name: str, body: Body) -> Body: ...
+
+    async def served_resources(self, group_version_path: str) -> set[str] | None: ...
+
+
+class EngineConfigView(Protocol):
+    operator_namespace: str
+    cluster_domain: str
+    max_jitter_fraction: float
+    ledger_interval: timedelta
+    watch_namespaces: frozenset[str] | None
+
+
+class EngineView(Protocol):
+    """What this controller reads from and hands to the engine."""
+
+    config: Any  # an EngineConfig (EngineConfigView)
+    started: bool
+    domains: dict[str, DomainRuntime]
+    wids: dict[tuple[str, str], WorkloadIdentitySpec]
+    namespaces: dict[str, NamespaceInfo]
+    dirty_status: set[tuple[str, str, str]]
+    anchor_gates: list[Callable[[DomainRuntime, str], bool]]
+    status_extras: Callable[[str, str, str], dict[str, Any] | None] | None
+
+    def domains_loaded(self) -> bool: ...
+
+    def revoke_issued(self, namespace: str, entry: LedgerEntry, reason: str) -> str | None: ...
+
+
+@dataclass
+class PodSeen:
+    uid: str
+    labels: Mapping[str, str]
+
+
+@dataclass
+class IdentityRecord:
+    issued: int = 0  # certificates signed for this identity by this process
+    denied: int = 0
+    last_issued: float = 0.0
+    last_denial: tuple[str, str, str, str, float] | None = None  # pod, reason, msg, at, mono
+
+
+def ledger_name(namespace: str) -> str:
+    return f"{LEDGER_PREFIX}{namespace}"
+
+
+class PodCertificates:
+    def __init__(
+        self,
+        kube: PodCertKube,
+        engine: EngineView,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        workers: int = WORKERS,
+    ) -> None:
+        self.kube = kube
+        self.engine = engine
+        self.metrics = metrics
+        self.clock = clock
+        self.workers = workers
+        self.available: bool | None = None  # None until the API has been asked
+        self.unavailable_message = ""
+        self.bundles = TrustBundlePublisher(kube)
+        self.ledger = Ledger()
+        self.pods: dict[Key, PodSeen] = {}
+        self.pod_identity: dict[str, tuple[str, str]] = {}  # pod UID -> identity it got
+        self.identities: dict[tuple[str, str], IdentityRecord] = {}
+        self.queue: asyncio.Queue[Key] = asyncio.Queue()
+        self.pending: dict[Key, tuple[Mapping[str, Any], float]] = {}
+        self.attempts: dict[Key, int] = {}
+        self.ready = asyncio.Event()
+        self._seq = 0
+        self._seen: dict[Key, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._bundles_dirty = asyncio.Event()
+        engine.status_extras = self.status_extras
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Ask the API whether it serves pod certificates; if it does, sign until cancelled."""
+        served = await self.kube.served_resources(CERTIFICATES_V1)
+        missing = NEEDED - (served or set())
+        if missing:
+            self.available = False
+            self.unavailable_message = (
+                "this cluster does not serve certificates.k8s.io/v1 "
+                f"{', '.join(sorted(missing))} (Kubernetes 1.37+ is needed); PodCertificate "
+                "identities are not signed, Secret delivery works as before"
+            )
+            log.warning("pod certificates unavailable: %s", self.unavailable_message)
+            self._mark_domains()
+            return
+        self.available = True
+        self.engine.anchor_gates.append(self.bundles.published)
+        await self._load_state()
+        scopes: list[str | None] = (
+            sorted(self.engine.config.watch_namespaces)
+            if self.engine.config.watch_namespaces
+            else [None]
+        )
+        pods = [
+            Reflector(
+                self.kube,
+                "Pod",
+                "",
+                scope,
+                upsert=self._pod_seen,
+                delete=self._pod_deleted,
+                prune=self._prune_pods,
+                mark=lambda: self._seq,
+            )
+            for scope in scopes
+        ]
+        requests = [
+            Reflector(
+                self.kube,
+                "PodCertificateRequest",
+                "",
+                scope,
+                upsert=self._pcr_seen,
+                delete=self._pcr_deleted,
+                prune=lambda _live, _mark: None,
+                mark=lambda: self._seq,
+            )
+            for scope in scopes
+        ]
+        for reflector in pods + requests:
+            await reflector.list()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(r.watch(), name=f"trustwarden-podcerts-watch-{r.kind}")
+            for r in pods + requests
+        ]
+        while not (self.engine.started and self.engine.domains_loaded()):
+            await asyncio.sleep(0.2)
+        self._catch_up()
+        await self._sync_bundles()
+        self._mark_domains()
+        self.ready.set()
+        self._tasks += [
+            loop.create_task(self._worker(), name=f"trustwarden-podcerts-{i}")
+            for i in range(self.workers)
+        ]
+        self._tasks.append(loop.create_task(self._flush_loop(), name="trustwarden-podcerts-flush"))
+        try:
+            await self._bundle_loop()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            with contextlib.suppress(Exception):
+                await self.flush_ledger()
+
+    async def _load_state(self) -> None:
+        opns = self.engine.config.operator_namespace
+        async for page in self.kube.list_pages(
+            "ConfigMap", label_selector=f"trustwarden.io/role={LEDGER_ROLE}", namespace=opns
+        ):
+            for body in page.items:
+                name = str((body.get("metadata") or {}).get("name") or "")
+                if not name.startswith(LEDGER_PREFIX):
+                    continue
+                try:
+                    self.ledger.load(
+                        name.removeprefix(LEDGER_PREFIX),
+                        str((body.get("binaryData") or {}).get(LEDGER_KEY) or ""),
+                    )
+                except (ValueError, zlib.error) as exc:
+                    log.warning("pod-certificate ledger %s is unreadable: %s", name, exc)
+        async for page in self.kube.list_pages(
+            "ClusterTrustBundle", label_selector=f"{MANAGED_BY}={MANAGER}"
+        ):
+            for body in page.items:
+                self.bundles.observe(body)
+
+    def _mark_domains(self) -> None:
+        self.engine.dirty_status.update(("td", "", name) for name in self.engine.domains)
+
+    # ------------------------------------------------------------------ observation
+
+    def _note(self, key: Key) -> None:
+        self._seq += 1
+        self._seen[key] = self._seq
+
+    def _pod_seen(self, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        key = key_of(body)
+        self._note(key)
+        self.pods[key] = PodSeen(str(meta.get("uid") or ""), dict(meta.get("labels") or {}))
+
+    def _pod_deleted(self, body: Mapping[str, Any]) -> None:
+        key = key_of(body)
+        seen = self.pods.pop(key, None)
+        self._seen.pop(key, None)
+        uid = str((body.get("metadata") or {}).get("uid") or (seen.uid if seen else ""))
+        if uid and self.ready.is_set():
+            self._revoke_pod(key[0], uid, "PodDeleted")
+
+    def _prune_pods(self, live: set[Key], mark: int) -> None:
+        for key in [k for k in self.pods if k not in live and self._seen.get(k, 0) <= mark]:
+            seen = self.pods[key]
+            self._pod_deleted({"metadata": {"namespace": key[0], "name": key[1], "uid": seen.uid}})
+
+    def _pcr_seen(self, body: Mapping[str, Any]) -> None:
+        spec = body.get("spec") or {}
+        if podcert.domain_of(str(spec.get("signerName") or "")) is None:
+            return  # another signer's request: not ours to keep, touch or log
+        status = body.get("status") or {}
+        if any(
+            isinstance(c, Mapping) and c.get("type") in podcert.TERMINAL
+            for c in status.get("conditions") or ()
+        ):
+            self.pending.pop(key_of(body), None)
+            return  # issued, denied or failed: immutable
+        key = key_of(body)
+        if key not in self.pending:
+            self.queue.put_nowait(key)
+        self.pending[key] = (body, time.perf_counter())
+
+    def _pcr_deleted(self, body: Mapping[str, Any]) -> None:
+        self.pending.pop(key_of(body), None)
+
+    # ------------------------------------------------------------------ revocation
+
+    def _revoke_pod(self, namespace: str, uid: str, reason: str) -> None:
+        entries = self.ledger.owned_by(namespace, uid)
+        for entry in entries:
+            self.engine.revoke_issued(namespace, entry, reason)
+        if entries:
+            self.ledger.forget(namespace, [e.serial for e in entries])
+            log.info(
+                "revoked %d pod certificate(s) of pod %s in %s (%s)",
+                len(entries),
+                uid,
+                namespace,
+                reason,
+            )
+        identity = self.pod_identity.pop(uid, None)
+        if identity is not None:
+            self.engine.dirty_status.add(("wid", *identity))
+
+    def _catch_up(self) -> None:
+        """Serials of pods deleted while the operator was down (or while its watch lagged)."""
+        live = {seen.uid for seen in self.pods.values()}
+        dead = {(ns, e.owner_uid) for ns, e in self.ledger.all() if e.owner_uid not in live}
+        for namespace, uid in sorted(dead):
+            self._revoke_pod(namespace, uid, "OwnerDeletedWhileDown")
+
+    # ------------------------------------------------------------------ signing
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            item = self.pending.pop(key, None)
+            if item is None:
+                continue
+            body, seen_at = item
+            retry: bool | float
+            try:
+                retry = await self._handle(body, seen_at)
+            except InvalidError as exc:
+                retry = await self._invalid(key, body, str(exc))
+            except Exception as exc:
+                log.warning("PodCertificateRequest %s/%s not handled: %s", *key, exc)
+                retry = True
+            if retry is False:
+                self.attempts.pop(key, None)
+            elif key not in self.pending:
+                if retry is True:  # an error: back off
+                    attempts = self.attempts[key] = self.attempts.get(key, 0) + 1
+                    delay = min(RETRY_MAX, RETRY.total_seconds() * 2 ** min(attempts - 1, 6))
+                else:  # waiting for the domain or its bundle: look again soon
+                    delay = float(retry)
+                self.pending[key] = (body, seen_at)
+                asyncio.get_running_loop().call_later(delay, self.queue.put_nowait, key)
+
+    async def _invalid(self, key: Key, body: Mapping[str, Any], message: str) -> bool:
+        """The API server refused our answer. A 422 will not pass by trying again: the request
+        is Failed, with the API server's words, so the kubelet can ask anew."""
+        spec = body.get("spec") or {}
+        self.metrics.pcr_results.labels(signer=str(spec.get("signerName")), result="error").inc()
+        log.error(
+            "PodCertificateRequest %s/%s: the API server refused our status: %s", *key, message
+        )
+        pcr = podcert.PCRInfo.from_body(body)
+        refusal = podcert.Refusal(
+            podcert.FAILED,
+            "SignerError",
+            f"the API server refused the certificate trustwarden made: {message[:500]}; "
+            "report this to the trustwarden maintainers",
+        )
+        try:
+            await self._refuse(
+                body, pcr, refusal, podcert.refused_status(pcr, refusal, self.clock())
+            )
+        except InvalidError as again:
+            log.error("PodCertificateRequest %s/%s left undecided: %s", *key, again)
+        return False
+
+    async def _handle(self, body: Mapping[str, Any], seen_at: float) -> bool | float:
+        """Sign or refuse one PCR; True to try again with backoff, a number of seconds to
+        look again after a wait that is no error, False when done."""
+        pcr = podcert.PCRInfo.from_body(body)
+        domain = podcert.domain_of(pcr.signer)
+        assert domain is not None
+        runtime = self.engine.domains.get(domain)
+        if runtime is None or not runtime.issues:
+            what = "does not exist" if runtime is None else "holds external anchors only"
+            refusal = podcert.Refusal(
+                podcert.DENIED,
+                "UnknownSigner",
+                f"signer {pcr.signer}: TrustDomain {domain} {what}; use the signer of an "
+                "issuing TrustDomain (trustwarden.io/<TrustDomain name>)",
+            )
+            await self._refuse(
+                body, pcr, refusal, podcert.refused_status(pcr, refusal, self.clock())
+            )
+            return False
+        pod = self.pods.get((pcr.namespace, pcr.pod_name))
+        if pod is None or pod.uid != pcr.pod_uid:
+            fetched = await self.kube.get("Pod", pcr.namespace, pcr.pod_name)
+            meta = (fetched or {}).get("metadata") or {}
+            if fetched is None or meta.get("uid") != pcr.pod_uid or meta.get("deletionTimestamp"):
+                log.info("%s names a pod that no longer exists; not issued", pcr.where)
+                return False
+            pod = PodSeen(pcr.pod_uid, dict(meta.get("labels") or {}))
+        if not runtime.loaded and runtime.conflict is None:
+            return WAIT
+        active = runtime.active()
+        if active is not None and not self.bundles.published(runtime, sha256_hex(active.anchor)):
+            self._bundles_dirty.set()  # a new authority signs only once its anchor is out
+            return WAIT
+        namespace = self.engine.namespaces.get(pcr.namespace)
+        now = self.clock()
+        outcome = sign(
+            pcr,
+            runtime,
+            pod_labels=pod.labels,
+            identities=self.engine.wids.values(),
+            namespace_labels=namespace.labels if namespace is not None else {},
+            cluster_domain=self.engine.config.cluster_domain,
+            now=now,
+            max_jitter_fraction=self.engine.config.max_jitter_fraction,
+        )
+        if isinstance(outcome, Refused):
+            await self._refuse(body, pcr, outcome.refusal, outcome.status)
+            return False
+        assert isinstance(outcome, Signed)
+        if not await self._write(body, outcome.status):
+            return False
+        self.ledger.record(pcr.namespace, outcome.entry)
+        identity = (outcome.plan.identity.namespace, outcome.plan.identity.name)
+        record = self.identities.setdefault(identity, IdentityRecord())
+        record.issued += 1
+        record.last_issued = time.monotonic()
+        self.pod_identity[pcr.pod_uid] = identity
+        self.engine.dirty_status.add(("wid", *identity))
+        self.engine.dirty_status.add(("td", "", runtime.name))
+        self.metrics.pcr_results.labels(signer=pcr.signer, result="issued").inc()
+        self.metrics.pcr_latency.observe(time.perf_counter() - seen_at)
+        return False
+
+    async def _write(self, body: Mapping[str, Any], status: dict[str, Any]) -> bool:
+        """Set the status of a PCR that has none yet; False if it is gone or was decided by
+        someone else meanwhile."""
+        meta = body.get("metadata") or {}
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        try:
+            await self.kube.update_status(
+                "PodCertificateRequest", namespace, name, {**dict(body), "status": status}
+            )
+        except NotFoundError:
+            return False
+        except ConflictError:
+            current = await self.kube.get("PodCertificateRequest", namespace, name)
+            if current is None or podcert.PCRInfo.from_body(current).outcome is not None:
+                return False
+            return await self._write(current, status)
+        return True
+
+    async def _refuse(
+        self,
+        body: Mapping[str, Any],
+        pcr: podcert.PCRInfo,
+        refusal: podcert.Refusal,
+        status: dict[str, Any],
+    ) -> None:
+        if not await self._write(body, status):
+            return
+        result = "denied" if refusal.condition == podcert.DENIED else "failed"
+        self.metrics.pcr_results.labels(signer=pcr.signer, result=result).inc()
+        log.info("%s %s: %s", pcr.where, refusal.condition.lower(), refusal.reason)
+        message = f"{pcr.where} {refusal.condition.lower()}: {refusal.message}"
+        with contextlib.suppress(Exception):
+            await self.kube.emit_event(
+                ObjectRef("v1", "Pod", pcr.pod_name, pcr.namespace, pcr.pod_uid),
+                "Warning",
+                refusal.reason,
+                message,
+            )
+        if refusal.identity is not None:
+            identity = (refusal.identity.namespace, refusal.identity.name)
+            record = self.identities.setdefault(identity, IdentityRecord())
+            record.denied += 1
+            record.last_denial = (
+                f"{pcr.namespace}/{pcr.pod_name}",
+                refusal.reason,
+                refusal.message,
+                to_rfc3339(self.clock().replace(microsecond=0)),
+                time.monotonic(),
+            )
+            self.engine.dirty_status.add(("wid", *identity))
+            with contextlib.suppress(Exception):
+                await self.kube.emit_event(
+                    ObjectRef(
+                        "trustwarden.io/v1alpha1",
+                        "WorkloadIdentity",
+                        refusal.identity.name,
+                        refusal.identity.namespace,
+                        refusal.identity.uid,
+                    ),
+                    "Warning",
+                    refusal.reason,
+                    message,
+                )
+
+    # ------------------------------------------------------------------ writing
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.engine.config.ledger_interval.total_seconds())
+            try:
+                await self.flush_ledger()
+            except Exception as exc:
+                log.warning("pod-certificate ledger not written: %s", exc)
+
+    async def flush_ledger(self) -> None:
+        self.ledger.prune(self.clock())
+        opns = self.engine.config.operator_namespace
+        for namespace in list(self.ledger.dirty):
+            self.ledger.dirty.discard(namespace)
+            name = ledger_name(namespace)
+            try:
+                if not self.ledger.entries.get(namespace):
+                    if namespace in self.ledger.stored:
+                        await self.kube.delete("ConfigMap", opns, name)
+                        self.ledger.stored.discard(namespace)
+                    continue
+                body = {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {
+                        "name": name,
+                        "namespace": opns,
+                        "labels": {MANAGED_BY: MANAGER, ROLE_LABEL: LEDGER_ROLE},
+                        "annotations": {NAMESPACE_ANNOTATION: namespace},
+                    },
+                    "binaryData": {LEDGER_KEY: self.ledger.encode(namespace)},
+                }
+                if namespace in self.ledger.stored:
+                    await self.kube.replace("ConfigMap", opns, name, body)
+                else:
+                    try:
+                        await self.kube.create("ConfigMap", opns, body)
+                    except ConflictError:
+                        await self.kube.replace("ConfigMap", opns, name, body)
+                self.ledger.stored.add(namespace)
+            except Exception:
+                self.ledger.dirty.add(namespace)
+                raise
+
+    async def _bundle_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._bundles_dirty.wait(), timeout=0.5)
+            self._bundles_dirty.clear()
+            try:
+                await self._sync_bundles()
+            except Exception as exc:
+                log.warning("ClusterTrustBundles not written: %s", exc)
+
+    async def _sync_bundles(self) -> None:
+        if self.engine.domains_loaded():
+            await self.bundles.sync(list(self.engine.domains.values()), self.clock())
+
+    # ------------------------------------------------------------------ status
+
+    def status_extras(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        if kind == "td":
+            signer: dict[str, Any] = {"name": podcert.signer_name(name)}
+            if self.available is False:
+                signer.update(available=False, message=self.unavailable_message)
+            elif self.available:
+                signer.update(
+                    available=True,
+                    clusterTrustBundle=podcert.bundle_name(name),
+                    message="signs PodCertificateRequests of PodCertificate identities",
+                )
+            return {"signer": signer}
+        spec = self.engine.wids.get((namespace, name))
+        if spec is None or spec.mode is not DeliveryMode.POD_CERTIFICATE:
+            return None
+        record = self.identities.get((namespace, name), IdentityRecord())
+        live = sum(1 for identity in self.pod_identity.values() if identity == (namespace, name))
+        summary: dict[str, Any] = {
+            "signerName": podcert.signer_name(spec.trust_domain_ref),
+            "issued": record.issued,
+            "denied": record.denied,
+        }
+        extra: dict[str, Any] = {"selectedPods": live, "issued": live}
+        if self.available is False:
+            extra["denial"] = ("SignerUnavailable", self.unavailable_message)
+        if record.last_denial is not None:
+            pod, reason, message, at, mono = record.last_denial
+            summary["lastDenial"] = {"pod": pod, "reason": reason, "message": message, "at": at}
+            if mono >= record.last_issued:
+                extra["denial"] = (reason, f"pod {pod}: {message}")
+        extra["podCertificates"] = summary
+        return extra

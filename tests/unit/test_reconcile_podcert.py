@@ -1,0 +1,305 @@
+"""The PodCertificateRequest policy (reconcile/podcert.py): which identity, refusals, lifetime."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import NameOID
+
+from trustwarden.pki.ca import create_self_signed_ca
+from trustwarden.pki.issue import sign_public_key
+from trustwarden.pki.renewal import jitter_fraction
+from trustwarden.reconcile import podcert
+from trustwarden.reconcile.model import TrustDomainSpec, WorkloadIdentitySpec
+
+NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+CA = create_self_signed_ca("prod.example.org", ttl=timedelta(days=90), now=NOW - timedelta(days=1))
+KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def stub_csr(key: Any = KEY) -> str:
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stub")])
+    )
+    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    der = builder.sign(key, algorithm).public_bytes(serialization.Encoding.DER)
+    return base64.b64encode(der).decode()
+
+
+def pcr(**spec: Any) -> podcert.PCRInfo:
+    body = {
+        "metadata": {"namespace": "shop", "name": "web-1-abc", "uid": "pcr-uid", "generation": 1},
+        "spec": {
+            "signerName": "trustwarden.io/prod",
+            "podName": "web-1",
+            "podUID": "pod-uid-1",
+            "serviceAccountName": "web",
+            "nodeName": "node-a",
+            "maxExpirationSeconds": 86400,
+            "stubPKCS10Request": stub_csr(),
+            "unverifiedUserAnnotations": {"trustwarden.io/identity": "admin"},
+            **spec,
+        },
+    }
+    return podcert.PCRInfo.from_body(body)
+
+
+def identity(name: str = "web", **spec: Any) -> WorkloadIdentitySpec:
+    return WorkloadIdentitySpec.from_body(
+        {
+            "metadata": {"namespace": "shop", "name": name, "uid": f"wid-{name}"},
+            "spec": {
+                "trustDomain": "prod",
+                "podSelector": {"matchLabels": {"app": "web"}},
+                "spiffeID": "/ns/{namespace}/sa/{serviceAccount}/{pod.name}",
+                "dnsNames": ["{pod.name}.{namespace}.pod"],
+                "ttl": "2h",
+                "delivery": {"mode": "PodCertificate"},
+                **spec,
+            },
+        }
+    )
+
+
+def domain(**policy: Any) -> podcert.DomainView:
+    spec = TrustDomainSpec.from_body(
+        {
+            "metadata": {"name": "prod"},
+            "spec": {
+                "trustDomain": "prod.example.org",
+                "ca": {"selfSigned": {}},
+                "policy": {"maxTTL": "24h", **policy},
+            },
+        }
+    )
+    return podcert.DomainView(spec, CA)
+
+
+def decide(
+    request: podcert.PCRInfo | None = None,
+    identities: list[WorkloadIdentitySpec] | None = None,
+    view: podcert.DomainView | None = None,
+    labels: dict[str, str] | None = None,
+    ns_labels: dict[str, str] | None = None,
+) -> podcert.Issue | podcert.Refusal:
+    return podcert.decide(
+        request or pcr(),
+        pod_labels={"app": "web"} if labels is None else labels,
+        identities=[identity()] if identities is None else identities,
+        domain=view or domain(),
+        namespace_labels=ns_labels or {},
+        cluster_domain="cluster.local",
+        now=NOW,
+        max_jitter_fraction=0.1,
+    )
+
+
+def test_names_follow_the_api_rules() -> None:
+    assert podcert.signer_name("prod") == "trustwarden.io/prod"
+    assert podcert.domain_of("trustwarden.io/prod") == "prod"
+    assert podcert.domain_of("example.com/prod") is None
+    assert podcert.domain_of("trustwarden.io/") is None
+    assert podcert.bundle_name("prod") == "trustwarden.io:prod:anchors"
+
+
+def test_issue_renders_templates_from_the_pcr_and_bounds_the_lifetime() -> None:
+    plan = decide()
+    assert isinstance(plan, podcert.Issue)
+    assert plan.request.spiffe_id.uri == "spiffe://prod.example.org/ns/shop/sa/web/web-1"
+    assert plan.request.dns_names == ("web-1.shop.pod",)
+    # min(24h maxExpiration, 2h ttl, 24h maxTTL, 90d/6): the ttl, back-dated by 2 minutes
+    # (the API server wants notBefore within 5 minutes of its clock).
+    assert plan.lifetime == timedelta(hours=2)
+    assert plan.not_before == NOW - podcert.PCR_BACKDATE == NOW - timedelta(minutes=2)
+    usable = plan.not_after - NOW
+    jitter = usable * 0.1 * jitter_fraction("pod-uid-1")
+    assert abs(plan.begin_refresh_at - (NOW + usable / 2 - jitter)) <= timedelta(seconds=1)
+
+
+def test_max_expiration_bounds_the_whole_span_including_the_backdate() -> None:
+    plan = decide(pcr(maxExpirationSeconds=3600), [identity(ttl="12h")])
+    assert isinstance(plan, podcert.Issue)
+    assert plan.not_after - plan.not_before == timedelta(hours=1)
+
+
+def test_lifetime_under_the_api_minimum_is_denied_with_its_source() -> None:
+    refusal = decide(view=domain(maxTTL="30m"))
+    assert isinstance(refusal, podcert.Refusal)
+    assert (refusal.condition, refusal.reason) == (podcert.DENIED, podcert.LIFETIME_TOO_SHORT)
+    assert "spec.policy.maxTTL" in refusal.message and "1h" in refusal.message
+
+
+def test_an_issuer_about_to_expire_fails_instead_of_issuing_short() -> None:
+    old = create_self_signed_ca(
+        "prod.example.org",
+        ttl=timedelta(days=30),
+        now=NOW - timedelta(days=30) + timedelta(minutes=30),
+    )
+    view = podcert.DomainView(domain().spec, old)
+    refusal = decide(view=view)
+    assert isinstance(refusal, podcert.Refusal)
+    assert (refusal.condition, refusal.reason) == (podcert.FAILED, podcert.ISSUER_EXPIRING)
+
+
+def test_no_identity_says_what_to_create() -> None:
+    refusal = decide(labels={"app": "db"})
+    assert isinstance(refusal, podcert.Refusal)
+    assert refusal.reason == podcert.NO_IDENTITY
+    assert "PodCertificate" in refusal.message and "app=db" in refusal.message
+
+
+def test_identities_of_other_modes_namespaces_and_domains_do_not_count() -> None:
+    others = [
+        identity("perpod", delivery={"mode": "PerPod"}),
+        identity("other-domain", trustDomain="staging"),
+    ]
+    refusal = decide(identities=others)
+    assert isinstance(refusal, podcert.Refusal) and refusal.reason == podcert.NO_IDENTITY
+
+
+def test_unverified_user_annotations_never_choose() -> None:
+    # The PCR's annotations name "admin"; two identities select the pod: still ambiguous.
+    refusal = decide(identities=[identity("web"), identity("admin")])
+    assert isinstance(refusal, podcert.Refusal)
+    assert refusal.reason == podcert.AMBIGUOUS_IDENTITY
+    assert "admin, web" in refusal.message
+
+
+def test_namespace_outside_allowed_namespaces_is_denied() -> None:
+    view = domain(allowedNamespaces={"matchLabels": {"tier": "prod"}})
+    refusal = decide(view=view, ns_labels={"tier": "dev"})
+    assert isinstance(refusal, podcert.Refusal) and refusal.reason == podcert.NAMESPACE_NOT_ALLOWED
+    assert isinstance(decide(view=view, ns_labels={"tier": "prod"}), podcert.Issue)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [ec.generate_private_key(ec.SECP384R1()), ed25519.Ed25519PrivateKey.generate()],
+    ids=["p384", "ed25519"],
+)
+def test_key_type_not_allowed_is_unsupported_key_type(key: Any) -> None:
+    refusal = decide(pcr(stubPKCS10Request=stub_csr(key)))
+    assert isinstance(refusal, podcert.Refusal)
+    assert (refusal.condition, refusal.reason) == (podcert.DENIED, "UnsupportedKeyType")
+    assert "ECDSAP256" in refusal.message
+
+
+def test_weak_rsa_key_is_unsupported_key_type() -> None:
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    refusal = decide(pcr(stubPKCS10Request=stub_csr(weak)), [identity(keyAlgorithm="RSA2048")])
+    assert isinstance(refusal, podcert.Refusal) and refusal.reason == "UnsupportedKeyType"
+
+
+def test_dns_name_outside_the_namespace_is_denied() -> None:
+    refusal = decide(identities=[identity(dnsNames=["api.other.svc"])])
+    assert isinstance(refusal, podcert.Refusal) and refusal.reason == "DNSNameNotAllowed"
+
+
+def test_trust_domain_conflict_is_denied() -> None:
+    view = podcert.DomainView(domain().spec, CA, conflict="older")
+    refusal = decide(view=view)
+    assert isinstance(refusal, podcert.Refusal) and refusal.reason == podcert.TRUST_DOMAIN_CONFLICT
+
+
+def test_garbage_csr_is_denied() -> None:
+    refusal = decide(pcr(stubPKCS10Request=base64.b64encode(b"nope").decode()))
+    assert isinstance(refusal, podcert.Refusal) and refusal.reason == podcert.INVALID_REQUEST
+
+
+def test_issued_status_carries_chain_times_and_condition() -> None:
+    plan = decide()
+    assert isinstance(plan, podcert.Issue)
+    cert = sign_public_key(CA, plan.request, plan.public_key, plan.not_before, plan.not_after, 7)
+    status = podcert.issued_status(pcr(), plan, cert, CA.issuing_chain_pem, NOW)
+    chain = x509.load_pem_x509_certificates(status["certificateChain"].encode())
+    assert chain[0].not_valid_after_utc == plan.not_after
+    assert status["notBefore"] == "2026-12-02T11:58:00Z"
+    assert status["conditions"][0]["type"] == "Issued"
+    refusal = podcert.Refusal(podcert.DENIED, podcert.NO_IDENTITY, "x")
+    assert podcert.refused_status(pcr(), refusal, NOW)["conditions"][0]["reason"] == "NoIdentity"
+
+
+def test_terminal_outcome_is_read_back() -> None:
+    body = {
+        "metadata": {"namespace": "a", "name": "b"},
+        "spec": {},
+        "status": {"conditions": [{"type": "Denied", "status": "True"}]},
+    }
+    assert podcert.PCRInfo.from_body(body).outcome == "Denied"
+
+
+def test_inventory_lists_issued_pod_certificates_with_pod_owner_serial_expiry() -> None:
+    from trustwarden.ops.inventory import build_pod_certificate_rows
+
+    plan = decide()
+    assert isinstance(plan, podcert.Issue)
+    cert = sign_public_key(CA, plan.request, plan.public_key, plan.not_before, plan.not_after, 0xAB)
+    request = pcr()
+    body = {
+        "metadata": {"namespace": "shop", "name": "web-1-abc"},
+        "spec": {"signerName": "trustwarden.io/prod", "podName": "web-1"},
+        "status": podcert.issued_status(request, plan, cert, CA.issuing_chain_pem, NOW),
+    }
+    other = {**body, "spec": {"signerName": "example.com/x", "podName": "web-1"}}
+    wid = {"metadata": {"namespace": "shop", "name": "web"}, "spec": {"owner": "team-web"}}
+    rows = build_pod_certificate_rows([body, other], [wid], [], [], NOW)
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row.secret, row.pod, row.identity, row.owner) == (
+        "pcr/web-1-abc",
+        "web-1",
+        "web",
+        "team-web",
+    )
+    assert row.serial.replace(":", "").lower().lstrip("0") == "ab"
+    assert row.not_after == plan.not_after and row.next_renewal == plan.begin_refresh_at
+    assert row.state.value == "ok"
+
+
+def test_older_cluster_keeps_the_secret_path_and_reports_the_signer_unavailable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from trustwarden.metrics import Metrics
+    from trustwarden.reconcile.engine import EngineConfig
+    from trustwarden.reconcile.podcerts import PodCertificates
+
+    class OldCluster:
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        async def served_resources(self, path: str) -> set[str] | None:
+            self.asked.append(path)
+            return {"certificatesigningrequests"}  # certificates.k8s.io/v1 before 1.37
+
+    wid = identity()
+    engine = SimpleNamespace(
+        config=EngineConfig(),
+        started=True,
+        domains={"prod": object()},
+        wids={("shop", "web"): wid},
+        namespaces={},
+        dirty_status=set(),
+        anchor_gates=[],
+        status_extras=None,
+    )
+    kube = OldCluster()
+    controller = PodCertificates(kube, engine, Metrics())  # type: ignore[arg-type]
+    with caplog.at_level("WARNING"):
+        asyncio.run(controller.run())
+    assert kube.asked == ["/apis/certificates.k8s.io/v1"]
+    assert [r.message for r in caplog.records if "unavailable" in r.message][:1]
+    assert engine.anchor_gates == []  # rotation is never held back by a bundle never written
+    assert ("td", "", "prod") in engine.dirty_status
+    signer = engine.status_extras("td", "", "prod")["signer"]
+    assert signer["available"] is False and "1.37" in signer["message"]
+    extra = engine.status_extras("wid", "shop", "web")
+    assert extra["denial"][0] == "SignerUnavailable"
