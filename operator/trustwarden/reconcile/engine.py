@@ -1427,8 +1427,8 @@ class Engine:
     async def _reconcile_pod(self, namespace: str, name: str) -> None:
         pod = self.pods.get((namespace, name))
         if pod is None or pod.deleting:
-            if pod is not None and pod.secret_name:
-                await self._revoke_orphan(namespace, pod.secret_name, pod.uid)
+            # A terminating pod still drains connections with its certificate: it keeps it
+            # until the pod is gone (forget_pod schedules the revocation then).
             return
         ns_info = self.namespaces.get(namespace)
         if ns_info is None or not ns_info.injection_enabled or not pod.identity:
@@ -1751,9 +1751,12 @@ class Engine:
     async def _pod_alive(self, target: LeafTarget) -> bool:
         return await self._pod_lives(target.namespace, target.owner.name, target.owner.uid)
 
-    async def _pod_lives(self, namespace: str, name: str, uid: str) -> bool:
+    async def _pod_lives(
+        self, namespace: str, name: str, uid: str, *, terminating_lives: bool = False
+    ) -> bool:
         """Asked of the API server, not the cache: the pod watch may lag behind the garbage
-        collector, and a wrong "alive" would let a serial go unrevoked."""
+        collector, and a wrong "alive" would let a serial go unrevoked. A terminating pod
+        counts as alive only with `terminating_lives` (it is never issued a new Secret)."""
         try:
             body = await self.kube.get("Pod", namespace, name)
         except ValueError:  # a port that cannot read pods: assume it lives
@@ -1761,7 +1764,7 @@ class Engine:
         if body is None:
             return False
         meta = body.get("metadata") or {}
-        return meta.get("uid") == uid and not meta.get("deletionTimestamp")
+        return meta.get("uid") == uid and (terminating_lives or not meta.get("deletionTimestamp"))
 
     def _report_conflict(self, target: LeafTarget, *, per_pod: bool) -> None:
         message = (
@@ -2265,7 +2268,10 @@ class Engine:
         for pod_name in self.pods_by_wid.get(identity, ()):
             pod = self.pods.get((info.namespace, pod_name))
             if pod is not None and pod.uid in info.owner_uids:
-                return not pod.deleting and await self._pod_lives(info.namespace, pod.name, pod.uid)
+                # a terminating pod still lives: its Secret deleted by hand is not a revocation
+                return await self._pod_lives(
+                    info.namespace, pod.name, pod.uid, terminating_lives=True
+                )
         return False
 
     async def _catch_up(self) -> None:
