@@ -169,7 +169,7 @@ def profile_steps(profile: str, cert_manager: bool) -> list[Step]:
         ]
     if profile == "full":
         return [
-            *ceiling(10000),
+            *ceiling(4000),
             *burst(100, 10),
             *burst(1000, 10),
             *burst(1000, 100),

@@ -73,6 +73,7 @@ from trustwarden.reconcile.domains import (
     encode_authorities,
     revocations_name,
 )
+from trustwarden.reconcile.handover import HandoverPacer
 from trustwarden.reconcile.ledger import LEDGER_KEY, LEDGER_PREFIX, Ledger, LedgerEntry, ledger_name
 from trustwarden.reconcile.model import (
     CAKind,
@@ -143,6 +144,8 @@ class EngineConfig:
     # Verifies the injection webhook's admission tags (reconcile/admission.py); every replica
     # reads the same key from the operator namespace at start.
     admission_key: AdmissionKey = field(default_factory=lambda: AdmissionKey(new_key()))
+    # Emergency CA rotation: leaves re-issued at most this many per second (None: unpaced).
+    reissue_rate: float | None = 50.0
 
 
 @dataclass
@@ -187,6 +190,7 @@ class Engine:
     ) -> None:
         self.kube = kube
         self.config = config
+        self.handover = HandoverPacer(config.reissue_rate)
         self.metrics = metrics
         self.clock = clock
         self.scheduler = DeadlineScheduler(
@@ -465,6 +469,7 @@ class Engine:
             self.dirty_status.add(("wid", known.namespace, known.identity))
         self.scheduler.cancel(("pod", *key))
         self.failures.pop(("pod", *key), None)
+        self.handover.forget(("pod", *key))
         self._written.discard(("pod", *key))
         self._create_conflicts.discard(("pod", *key))
         self.repairs.pop(("pod", *key), None)
@@ -1703,6 +1708,18 @@ class Engine:
                 now,
                 expected_sha256=observed.recorded_sha256 if observed is not None else None,
             )
+        if decision.reason is RenewalReason.IssuerNotActive and facts is not None:
+            point = renew_point(
+                facts,
+                desired.renew_at,
+                target.jitter_key,
+                self.config.max_jitter_fraction,
+                backdate=desired.backdate,
+            )
+            later = self.handover.defer(target.key, target.domain.authorities, facts, point, now)
+            if later is not None:  # a scheduled hand-over, or an emergency one's paced slot
+                self._schedule(target.key, later)
+                return
         ca_pem = self._ca_pem_for(target.wid, target.domain)
         if decision.action is RenewalAction.wait:
             assert observed is not None
