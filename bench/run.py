@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.harness import report  # noqa: E402
-from bench.harness.ceiling import add_shares, write_ceiling  # noqa: E402
+from bench.harness.ceiling import add_shares, write_ceiling, write_ceiling_async  # noqa: E402
 from bench.harness.cluster import (  # noqa: E402
     CERT_MANAGER_SA,
     OPERATOR_SA,
@@ -83,10 +83,24 @@ def ceiling(n: int) -> list[Step]:
         bench.log(
             f"[{name}] {n} SVID-sized Secrets, one client, concurrency {OPERATOR_CONCURRENCY}"
         )
-        result = write_ceiling(
+        # the yardstick is the faster of two clients: the operator's own aiohttp client, and
+        # the kubernetes Python client from a thread pool (its per-request cost can bound it)
+        result = write_ceiling_async(
+            str(bench.cluster.admin_kubeconfig),
+            bench.cluster.api,
+            f"{bench.prefix()}-ceiling",
+            n,
+            concurrency=OPERATOR_CONCURRENCY,
+        )
+        bench.log(f"  aiohttp: {result['creates_per_s']} creates/s (p99 {result['p99_s']}s)")
+        threaded = write_ceiling(
             bench.cluster.api, f"{bench.prefix()}-ceiling", n, concurrency=OPERATOR_CONCURRENCY
         )
-        bench.log(f"  {result['creates_per_s']} creates/s (p99 {result['p99_s']}s)")
+        bench.log(f"  kubernetes client: {threaded['creates_per_s']} creates/s")
+        result["kubernetes_client"] = threaded
+        result["secret_bytes"] = threaded["secret_bytes"]
+        if threaded["creates_per_s"] > result["creates_per_s"]:
+            result = {**threaded, "aiohttp": result}
         return result
 
     return [(name, run)]

@@ -94,6 +94,66 @@ def write_ceiling(
     }
 
 
+def write_ceiling_async(
+    kubeconfig: str, api: client.ApiClient, namespace: str, n: int, *, concurrency: int
+) -> dict[str, Any]:
+    """The same measure through the operator's own HTTP client (aiohttp on one event loop,
+    one connection pool): what the operator's process could get at most, without the
+    per-request cost of the kubernetes Python client's threads."""
+    import asyncio
+
+    from trustwarden.k8s import config as cluster_config
+    from trustwarden.k8s.http import ApiClient, ApiError
+
+    kube.create_namespaces(api, [namespace], {})
+    bodies = [svid_sized_secret(f"s{i}") for i in range(n)]
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    async def run() -> float:
+        http = ApiClient(cluster_config.load(kubeconfig), pool=concurrency)
+        path = f"/api/v1/namespaces/{namespace}/secrets"
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        for body in bodies:
+            queue.put_nowait(body)
+
+        async def worker() -> None:
+            while not queue.empty():
+                body = queue.get_nowait()
+                started = time.monotonic()
+                try:
+                    await http.request("POST", path, body=body)
+                    latencies.append(time.monotonic() - started)
+                except ApiError as exc:
+                    errors.append(f"{exc.status} {exc.reason}")
+
+        try:
+            await http.request("GET", path, params={"limit": "1"})  # warm the pool
+            started = time.monotonic()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return time.monotonic() - started
+        finally:
+            await http.close()
+
+    elapsed = asyncio.run(run())
+    kube.delete_namespaces(api, [namespace])
+    ordered = sorted(latencies)
+    return {
+        "n": n,
+        "concurrency": concurrency,
+        "client": "aiohttp (trustwarden.k8s.http)",
+        "creates_per_s": round(len(latencies) / max(elapsed, 1e-3), 1),
+        "duration_s": round(elapsed, 2),
+        "p50_s": round(ordered[len(ordered) // 2], 4) if ordered else None,
+        "p99_s": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 4)
+        if ordered
+        else None,
+        "throttled_429": 0,
+        "errors": len(errors),
+        "error_samples": errors[:3],
+    }
+
+
 def add_shares(results: dict[str, Any], ceiling: float | None) -> None:
     """Every throughput figure also as a share of the ceiling measured in the same run."""
     if not ceiling:
