@@ -338,7 +338,8 @@ def main() -> int:
                 ),
                 None,
             )
-            add_shares(results, ceiling_rate)
+            # only this invocation's results: a partial run keeps older ones unchanged
+            add_shares({k: results[k] for k, _ in steps if k in results}, ceiling_rate)
             report.write_json(out / "latest.json", results)
     finally:
         if bench is not None:
