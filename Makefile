@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 tools:
-	hack/build-control-plane.sh etcd helm kubernetes
+	hack/build-control-plane.sh etcd helm kubernetes kwok
 
 cluster-up: tools
 	hack/cluster-up.sh

@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.harness import report  # noqa: E402
+from bench.harness.ceiling import add_shares, write_ceiling, write_ceiling_async  # noqa: E402
 from bench.harness.cluster import (  # noqa: E402
     CERT_MANAGER_SA,
     OPERATOR_SA,
@@ -35,12 +36,14 @@ from bench.harness.cluster import (  # noqa: E402
     cache_root,
     pinned,
     start_cluster,
+    start_kwok,
     stop_cluster,
 )
 from bench.harness.procmon import calibration_ms, loadavg, machine_cpu  # noqa: E402
 from bench.harness.scenarios import Bench, blank  # noqa: E402
 
 Step = tuple[str, Callable[[Bench, dict[str, Any]], dict[str, Any]]]
+OPERATOR_CONCURRENCY = 8  # trustwarden run --concurrency default: the ceiling is measured at it
 REQUIRES: dict[str, str] = {}  # a restart runs on the state its burst leaves
 
 
@@ -70,6 +73,70 @@ def burst(
         steps.append((f"restart-{n}", restart))
         REQUIRES[f"restart-{n}"] = name
     return steps
+
+
+def ceiling(n: int) -> list[Step]:
+    """The API server's raw write ceiling at the operator's concurrency, measured first."""
+    name = f"write-ceiling-{n}"
+
+    def run(bench: Bench, ctx: dict[str, Any]) -> dict[str, Any]:
+        bench.log(
+            f"[{name}] {n} SVID-sized Secrets, one client, concurrency {OPERATOR_CONCURRENCY}"
+        )
+        # the yardstick is the faster of two clients: the operator's own aiohttp client, and
+        # the kubernetes Python client from a thread pool (its per-request cost can bound it)
+        result = write_ceiling_async(
+            str(bench.cluster.admin_kubeconfig),
+            bench.cluster.api,
+            f"{bench.prefix()}-ceiling",
+            n,
+            concurrency=OPERATOR_CONCURRENCY,
+        )
+        bench.log(f"  aiohttp: {result['creates_per_s']} creates/s (p99 {result['p99_s']}s)")
+        threaded = write_ceiling(
+            bench.cluster.api, f"{bench.prefix()}-ceiling", n, concurrency=OPERATOR_CONCURRENCY
+        )
+        bench.log(f"  kubernetes client: {threaded['creates_per_s']} creates/s")
+        result["kubernetes_client"] = threaded
+        result["secret_bytes"] = threaded["secret_bytes"]
+        if threaded["creates_per_s"] > result["creates_per_s"]:
+            result = {**threaded, "aiohttp": result}
+        return result
+
+    return [(name, run)]
+
+
+def kwok_burst(n: int, ns: int, nodes: int, *, restart_settle: float | None = None) -> list[Step]:
+    name = f"burst-{n}x{ns}ns"
+
+    def run(bench: Bench, ctx: dict[str, Any]) -> dict[str, Any]:
+        result, state = bench.per_pod(
+            name, n, ns, nodes=nodes, keep=restart_settle is not None, threads=16
+        )
+        if restart_settle is not None:
+            ctx["restart_state"] = state
+        return result
+
+    steps: list[Step] = [(name, run)]
+    if restart_settle is not None:
+
+        def restart(bench: Bench, ctx: dict[str, Any]) -> dict[str, Any]:
+            state = ctx.pop("restart_state", None)
+            if state is None:
+                raise RuntimeError(f"{name} did not leave state to restart")
+            try:
+                return bench.restart(f"restart-{n}", state, restart_settle)
+            finally:
+                bench.finish(state)
+
+        steps.append((f"restart-{n}", restart))
+        REQUIRES[f"restart-{n}"] = name
+    return steps
+
+
+def node_loss(n: int) -> list[Step]:
+    name = f"node-loss-{n}"
+    return [(name, lambda bench, ctx: bench.node_loss(name, n))]
 
 
 def steady(rate: float, seconds: int, ns: int) -> list[Step]:
@@ -113,6 +180,7 @@ def profile_steps(profile: str, cert_manager: bool) -> list[Step]:
         ]
     if profile == "quick":
         return [
+            *ceiling(2000),
             *burst(100, 10),
             *burst(1000, 10, profile=True, restart_settle=15),
             *burst(1000, 100),
@@ -121,9 +189,11 @@ def profile_steps(profile: str, cert_manager: bool) -> list[Step]:
             *sweep(500, 10, "10m", "10%"),
             *fanout(100),
             *pcr_burst(1000),
+            *node_loss(100),
         ]
     if profile == "full":
         return [
+            *ceiling(4000),
             *burst(100, 10),
             *burst(1000, 10),
             *burst(1000, 100),
@@ -133,6 +203,9 @@ def profile_steps(profile: str, cert_manager: bool) -> list[Step]:
             *sweep(2000, 10, "10m", "50%"),
             *fanout(100),
             *pcr_burst(1000),
+            *node_loss(1000),
+            # the scaling table's last row: 100,000 pods on 1,000 kwok Nodes, then a restart
+            *kwok_burst(100000, 1000, 1000, restart_settle=60),
         ]
     raise SystemExit(f"unknown profile {profile}")
 
@@ -226,6 +299,7 @@ def main() -> int:
 
     started = datetime.now(UTC)
     cluster = start_cluster(state, log=log)
+    start_kwok(cluster.directory, log=log)
     results: dict[str, Any] = {}
     previous_samples: dict[str, Any] = {}
     if args.only and (out / "latest.json").exists():
@@ -267,6 +341,16 @@ def main() -> int:
                     cmp["against_scenario"] = "shared-" + name.split("-")[-1]
                     cmp["trustwarden_time_to_all_ready_s"] = tw.get("time_to_all_ready_s")
                     results[name]["vs_trustwarden"] = cmp
+            ceiling_rate = next(
+                (
+                    r.get("creates_per_s")
+                    for k, r in results.items()
+                    if k.startswith("write-ceiling")
+                ),
+                None,
+            )
+            # only this invocation's results: a partial run keeps older ones unchanged
+            add_shares({k: results[k] for k, _ in steps if k in results}, ceiling_rate)
             report.write_json(out / "latest.json", results)
     finally:
         if bench is not None:

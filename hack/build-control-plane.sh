@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager, kubectl, etcd and helm from the Go module
-# proxy and caches them under ~/.cache/trustwarden/<component>/<version>/.
+# Builds kube-apiserver, kube-controller-manager, kubectl, etcd, helm and kwok from the Go
+# module proxy and caches them under ~/.cache/trustwarden/<component>/<version>/.
 #
 # Why wrapper modules: k8s.io/kubernetes points its staging modules at ./staging with replace
 # directives, and Go ignores a dependency's replaces, so `go install k8s.io/kubernetes/...@v`
@@ -128,15 +128,33 @@ build_helm() {
   install_dir "$tmp" helm "$v"
 }
 
+build_kwok() {
+  # kwok simulates Nodes and the kubelet's pod lifecycle (Running, graceful deletion) for the
+  # bench and the e2e cases that need nodes. v0.7's fast pod-delete stage stripped finalizers,
+  # so versions.env pins v0.8.0 or later.
+  local v="$KWOK_VERSION"
+  if cached kwok "$v" kwok; then log "kwok $v: cached"; return; fi
+  local tmp; tmp="$(mktemp -d "${TMPDIR:-/tmp}/tw-kwok-build.XXXXXX")"
+  trap 'rm -rf "$tmp"' RETURN
+  log "kwok $v: building (about 3 minutes on 2 cores)"
+  mkdir -p "$tmp/out"
+  (cd "$tmp" && GOBIN="$tmp/out" go install -p "$BUILD_JOBS" -trimpath -ldflags "-s -w" \
+      "sigs.k8s.io/kwok/cmd/kwok@$v") \
+    || die "building kwok $v failed"
+  "$tmp/out/kwok" --version >/dev/null || die "kwok $v does not run"
+  install_dir "$tmp" kwok "$v"
+}
+
 components=("$@")
-[[ ${#components[@]} -gt 0 ]] || components=(etcd helm kubernetes)
+[[ ${#components[@]} -gt 0 ]] || components=(etcd helm kubernetes kwok)
 start=$SECONDS
 for c in "${components[@]}"; do
   case "$c" in
     kubernetes) build_kubernetes ;;
     etcd) build_etcd ;;
     helm) build_helm ;;
-    *) die "unknown component '$c' (expected kubernetes, etcd or helm)" ;;
+    kwok) build_kwok ;;
+    *) die "unknown component '$c' (expected kubernetes, etcd, helm or kwok)" ;;
   esac
 done
 log "done in $((SECONDS - start))s"

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Stops exactly the processes hack/cluster-up.sh started (by pid file) and removes the state.
+# Stops exactly the processes hack/cluster-up.sh and hack/kwok-up.sh started (by pid file) and
+# removes the state.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CLUSTER_DIR="${CLUSTER_DIR:-$(dirname "$here")/.cluster}"
 log() { printf '[cluster-down] %s\n' "$*" >&2; }
 [[ -d "$CLUSTER_DIR" ]] || { log "nothing to stop in $CLUSTER_DIR"; exit 0; }
-for name in kube-controller-manager kube-apiserver etcd; do
+for name in kwok kube-controller-manager kube-apiserver etcd; do
   pidfile="$CLUSTER_DIR/pids/$name.pid"
   [[ -f "$pidfile" ]] || continue
   pid="$(cat "$pidfile")"

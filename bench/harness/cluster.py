@@ -181,3 +181,12 @@ def start_cluster(state: Path, *, log=print) -> BenchCluster:  # type: ignore[no
     configuration.connection_pool_maxsize = 64
     api = client.ApiClient(configuration)
     return BenchCluster(directory, audit_log, kubeconfig, api)
+
+
+def start_kwok(directory: Path, *, log=print) -> None:  # type: ignore[no-untyped-def]
+    """kwok against the benchmark's control plane (hack/kwok-up.sh): simulated Nodes for the
+    scenarios that bind pods to them."""
+    subprocess.run(
+        [str(REPO / "hack" / "kwok-up.sh")], check=True, env=_env(directory), timeout=900
+    )
+    log("kwok managing simulated Nodes")

@@ -38,6 +38,7 @@ class Events:
         self._offset = 0
         self.ready = False
         self.pods: dict[Key, float] = {}
+        self.pods_gone: dict[Key, float] = {}
         self.pod_secret: dict[Key, str] = {}
         self.secrets: dict[Key, SecretState] = {}
         self.cr_ready: dict[tuple[str, str, str], float] = {}
@@ -73,6 +74,8 @@ class Events:
         if kind == "pods":
             if event in ("ADDED", "LIST"):
                 self.pods.setdefault(key, t)
+            elif event == "DELETED":
+                self.pods_gone[key] = t
             if r.get("secret"):
                 self.pod_secret[key] = r["secret"]
         elif kind == "secrets":

@@ -106,8 +106,10 @@ def certificate(
     }
 
 
-def pod(name: str, run: str) -> dict[str, Any]:
-    return {
+def pod(name: str, run: str, node: str | None = None) -> dict[str, Any]:
+    """A selected pod; with `node`, bound to that kwok Node (it then runs, and drains on delete
+    for its grace period as with a kubelet)."""
+    body: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "labels": {"app": "bench", RUN_LABEL: run.replace("/", "-")}},
@@ -116,6 +118,53 @@ def pod(name: str, run: str) -> dict[str, Any]:
             "containers": [{"name": "app", "image": "busybox:1.36", "command": ["sleep", "3600"]}],
         },
     }
+    if node is not None:
+        body["spec"]["nodeName"] = node
+        body["spec"]["terminationGracePeriodSeconds"] = 1
+        body["spec"]["tolerations"] = [{"key": "kwok.x-k8s.io/node", "operator": "Exists"}]
+    return body
+
+
+def create_nodes(api: client.ApiClient, names: Iterable[str], timeout: float = 300) -> None:
+    """kwok Nodes (hack/kwok-up.sh manages those annotated kwok.x-k8s.io/node=fake), ready."""
+    core = client.CoreV1Api(api)
+    names = list(names)
+
+    def create(name: str) -> None:
+        body = {
+            "metadata": {
+                "name": name,
+                "annotations": {"kwok.x-k8s.io/node": "fake"},
+                "labels": {"type": "kwok"},
+            },
+            "spec": {
+                "taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]
+            },
+        }
+        ignore_conflict(lambda: core.create_node(body))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, names))
+    deadline = time.monotonic() + timeout
+    pending = set(names)
+    while pending and time.monotonic() < deadline:
+        for node in core.list_node(label_selector="type=kwok").items:
+            if any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or ()):
+                pending.discard(node.metadata.name)
+        if pending:
+            time.sleep(1)
+    if pending:
+        raise TimeoutError(f"{len(pending)} kwok Node(s) not Ready after {timeout:.0f}s")
+
+
+def delete_nodes(api: client.ApiClient, names: Iterable[str]) -> None:
+    core = client.CoreV1Api(api)
+    for name in names:
+        try:
+            core.delete_node(name)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
 
 
 def create_namespaces(api: client.ApiClient, names: Iterable[str], labels: dict[str, str]) -> None:

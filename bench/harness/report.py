@@ -98,6 +98,21 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             best,
         )
     for name, r in results.items():
+        share = r.get("ceiling_share")
+        if name.startswith("burst-") and r.get("n", 0) >= 1000 and share is not None:
+            add(
+                "throughput as a share of the raw write ceiling", "≥ 0.5", share, share >= 0.5, name
+            )
+        if name.startswith("node-loss"):
+            lag = r.get("crl_complete_after_last_pod_s")
+            add(
+                "node loss: every serial in the CRL after the last pod is gone",
+                "≤ 5 s",
+                lag,
+                None if lag is None else lag <= 5,
+                name,
+            )
+    for name, r in results.items():
         if r.get("tool") == "cert-manager" or name.startswith(("restart", "ca-rotation")):
             continue
         w = r.get("api_writes_per_cert")
@@ -182,6 +197,54 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def scaling_section(results: dict[str, Any]) -> list[str]:
+    """Per-pod bursts side by side by N: how the cost grows with the work."""
+    rows = sorted(
+        (
+            (r["n"], name, r)
+            for name, r in results.items()
+            if name.startswith("burst-") and r.get("n", 0) >= 1000 and not r.get("error")
+        ),
+        key=lambda row: (row[0], row[1]),
+    )
+    if not rows:
+        return []
+    ceiling = next(
+        (r.get("creates_per_s") for k, r in results.items() if k.startswith("write-ceiling")),
+        None,
+    )
+    lines = [
+        "",
+        "### Scaling",
+        "",
+        f"Raw write ceiling in this run: {_fmt(ceiling)} creates/s (`share` = certs/s / ceiling).",
+        "",
+        "| scenario | N | kwok nodes | certs/s | share of ceiling | writes/cert | CPU ms/cert | peak RSS MiB | bytes/pod over baseline | issued | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n, name, r in rows:
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    name,
+                    _fmt(n),
+                    _fmt(r.get("kwok_nodes")),
+                    _fmt(r.get("certs_per_s")),
+                    _fmt(r.get("ceiling_share")),
+                    _fmt(r.get("api_writes_per_cert")),
+                    _fmt(r.get("cpu_ms_per_cert")),
+                    _fmt(r.get("peak_rss_mib")),
+                    _fmt(r.get("bytes_per_pod")),
+                    _fmt(r.get("issued")),
+                    _fmt(r.get("errors")),
+                ]
+            )
+            + " |"
+        )
+    return lines
+
+
 def markdown(results: dict[str, Any], run: dict[str, Any]) -> str:
     lines = [BEGIN, ""]
     lines.append(
@@ -249,8 +312,17 @@ def markdown(results: dict[str, Any], run: dict[str, Any]) -> str:
             )
             + " |"
         )
+    lines += scaling_section(results)
     extra = []
     for name, r in results.items():
+        if name.startswith("node-loss"):
+            extra.append(
+                f"- **{name}**: the Node went with {r.get('n')} pods; the pod garbage collector removed them {r.get('pod_gc_s')} s later (over {r.get('pods_removed_over_s')} s); every serial was in its namespace's CRL {r.get('crl_complete_after_last_pod_s')} s after the last pod was gone; {r.get('configmap_writes')} ConfigMap writes for {r.get('affected_bundles')} affected bundles ({r.get('revocations_per_s')} revocations/s, {_fmt(r.get('revocations_ceiling_share'))} of the ceiling)."
+            )
+        if name.startswith("write-ceiling"):
+            extra.append(
+                f"- **{name}**: {r.get('n')} Secrets of {r.get('secret_bytes')} bytes (an SVID Secret's size) from one client at concurrency {r.get('concurrency')}: **{r.get('creates_per_s')} creates/s** (p50 {r.get('p50_s')} s, p99 {r.get('p99_s')} s, {r.get('throttled_429')} throttled). Every `share` below is a rate divided by this one."
+            )
         if name.startswith("restart"):
             extra.append(
                 f"- **{name}**: ready {r.get('ready_s')} s after the new process started (initial listing {r.get('initial_listing_s')} s); {r.get('reissued')} Secrets re-issued, {r.get('secret_writes')} Secret writes in {r.get('observed_for_s')} s."

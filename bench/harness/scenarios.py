@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from kubernetes import client
 
 from bench.harness import kube
@@ -19,7 +20,7 @@ from bench.harness.audit import AuditLog
 from bench.harness.cluster import AUDITED_USERS, REPO, BenchCluster
 from bench.harness.events import Events, Watcher
 from bench.harness.processes import CertManager, Operator, Profiler
-from bench.harness.procmon import CpuWindow, Monitor, cpu_seconds, hwm_mib
+from bench.harness.procmon import CpuWindow, Monitor, cpu_seconds, hwm_mib, rss_mib
 from bench.harness.profile import analyse
 from trustwarden.reconcile.engine import EngineConfig
 
@@ -192,10 +193,12 @@ class Bench:
         keep: bool = False,
         ttl: str = "1h",
         renew_at: str = "50%",
+        nodes: int = 0,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Create `n` selected pods across `namespaces` namespaces (burst: as fast as possible
         from a pool of creator threads; steady: at `rate` per second) and time each pod's
-        Secret. Returns (result, state for follow-up scenarios)."""
+        Secret. With `nodes`, the pods are spread over that many kwok Nodes. Returns (result,
+        state for follow-up scenarios)."""
         prefix = self.prefix()
         opns, td = f"{prefix}-tw", f"{prefix}-td"
         nss = [f"{prefix}-ns{i}" for i in range(namespaces)]
@@ -214,8 +217,20 @@ class Bench:
                 for ns in nss
             ],
         )
+        node_names = [f"{prefix}-node{i}" for i in range(nodes)]
+        if node_names:
+            kube.create_nodes(self.cluster.api, node_names)
+            self.log(f"  {nodes} kwok Node(s) Ready")
         self.wait_quiet(3)
-        items = [("Pod", nss[i % namespaces], kube.pod(f"p{i}", name)) for i in range(n)]
+        items = [
+            (
+                "Pod",
+                nss[i % namespaces],
+                kube.pod(f"p{i}", name, node_names[i % nodes] if nodes else None),
+            )
+            for i in range(n)
+        ]
+        baseline_rss = rss_mib(op.pid)
         profiler = (
             Profiler(op.pid, self.state / f"profile-{name.replace('/', '-')}.txt")
             if profile
@@ -292,6 +307,11 @@ class Bench:
                 "api_reads_per_cert": round(requests["reads"] / max(issued, 1), 3),
                 "api_requests": requests,
                 "peak_rss_mib": _round(self.monitor.peak("trustwarden")),
+                "baseline_rss_mib": _round(baseline_rss),
+                "bytes_per_pod": _bytes_per_pod(
+                    self.monitor.peak("trustwarden"), baseline_rss, issued
+                ),
+                "kwok_nodes": nodes,
                 "cpu_s": usage["cpu_s"].get("trustwarden"),
                 "cpu_ms_per_cert": round(
                     1000 * usage["cpu_s"].get("trustwarden", 0) / max(issued, 1), 2
@@ -317,6 +337,7 @@ class Bench:
             "watcher": watcher,
             "events": events,
             "secrets": {(k[0], s) for k, s in expected.items()},
+            "nodes": node_names,
         }
         if not keep:
             self.finish(state)
@@ -326,7 +347,90 @@ class Bench:
         state["op"].stop()
         self.monitor.unwatch("trustwarden")
         state["watcher"].stop()
+        kube.delete_nodes(self.cluster.api, state.get("nodes") or ())
         self.cleanup(state["namespaces"], domain=state["td"], opns=state["opns"])
+
+    # ---------------------------------------------------------------- node loss
+
+    def node_loss(self, name: str, n: int, namespaces: int = 10) -> dict[str, Any]:
+        """`n` pods on one kwok Node; the Node is deleted and the pod garbage collector removes
+        its pods. Measures how long until every serial is in its namespace's CRL after the last
+        pod is gone, and how many CRL/bundle writes that took (one per bundle per flush is the
+        goal, not one per pod)."""
+        result, state = self.per_pod(name, n, namespaces, nodes=1, keep=True)
+        events: Events = state["events"]
+        try:
+            events.poll()
+            serials = {
+                key: events.secrets[key].serial for key in state["secrets"] if key in events.secrets
+            }
+            domain_name = f"{state['opns'].removesuffix('-tw')}.bench.example.org"
+            self.log(f"[{name}] deleting kwok Node {state['nodes'][0]} with {len(serials)} pods")
+            t_delete = time.time()
+            kube.delete_nodes(self.cluster.api, state["nodes"][:1])
+            pod_keys = [k for k in events.pods if k[0] in state["namespaces"]]
+
+            def all_gone() -> bool:
+                events.poll()
+                return all(k in events.pods_gone for k in pod_keys)
+
+            self.wait(all_gone, 300 + n / 20, "the pod garbage collector to remove the pods", 1)
+            t_last_gone = max(events.pods_gone[k] for k in pod_keys)
+            t_first_gone = min(events.pods_gone[k] for k in pod_keys)
+            core = self.cluster.core
+            want: dict[str, set[int]] = {}
+            for (ns, _), serial in serials.items():
+                if serial:
+                    want.setdefault(ns, set()).add(int(serial, 16))
+            t_listed: dict[str, float] = {}
+
+            def all_listed() -> bool:
+                for ns, wanted in want.items():
+                    if ns in t_listed:
+                        continue
+                    data = core.read_namespaced_config_map("trustwarden-bundle", ns).data or {}
+                    pem = data.get(f"{domain_name}.crl.pem")
+                    if pem and wanted <= {
+                        e.serial_number for e in x509.load_pem_x509_crl(pem.encode())
+                    }:
+                        t_listed[ns] = time.time()
+                return len(t_listed) == len(want)
+
+            self.wait(all_listed, 120, "every serial in its namespace's CRL", 0.25)
+            t_crl = max(t_listed.values())
+            time.sleep(SETTLE_S)
+            requests = self.requests("trustwarden", t_delete, time.time())
+            by = requests["by_verb_resource"]
+            cm_writes = sum(
+                v
+                for k, v in by.items()
+                if k.split()[0] in ("create", "update", "patch") and k.split()[1] == "configmaps"
+            )
+            revoked = sum(len(v) for v in want.values())
+            out = blank(n, namespaces)
+            out.update(
+                {
+                    "revoked": revoked,
+                    "pod_gc_s": round(t_last_gone - t_delete, 2),
+                    "pods_removed_over_s": round(t_last_gone - t_first_gone, 2),
+                    "crl_complete_after_last_pod_s": round(t_crl - t_last_gone, 2),
+                    "revocations_per_s": round(revoked / max(t_crl - t_first_gone, 1e-3), 1),
+                    "configmap_writes": cm_writes,
+                    "affected_bundles": len(want),
+                    "api_requests": requests,
+                    "api_writes_per_cert": round(requests["writes"] / max(revoked, 1), 3),
+                    "errors": n - revoked,
+                    "burst": {k: result[k] for k in ("certs_per_s", "p99_s", "issued")},
+                }
+            )
+            self.log(
+                f"  {revoked} revoked; pods gone {out['pod_gc_s']}s after the Node, CRLs complete "
+                f"{out['crl_complete_after_last_pod_s']}s after the last pod, "
+                f"{cm_writes} ConfigMap writes for {len(want)} bundles"
+            )
+            return out
+        finally:
+            self.finish(state)
 
     # ---------------------------------------------------------------- restart
 
@@ -1051,6 +1155,12 @@ def _ready_condition(obj: dict[str, Any]) -> bool:
         c.get("type") == "Ready" and c.get("status") == "True"
         for c in (obj.get("status") or {}).get("conditions") or ()
     )
+
+
+def _bytes_per_pod(peak: float | None, baseline: float | None, pods: int) -> int | None:
+    if peak is None or baseline is None or not pods:
+        return None
+    return int(max(peak - baseline, 0) * 1024 * 1024 / pods)
 
 
 def _round(value: float | None) -> float | None:

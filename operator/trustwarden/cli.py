@@ -63,7 +63,26 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="trustwarden-webhook",
         help="name of the MutatingWebhookConfiguration (default: trustwarden-webhook)",
     )
-    run.add_argument("--concurrency", type=int, default=8, help="parallel issuances (default 8)")
+    run.add_argument(
+        "--concurrency",
+        type=int,
+        default=8,
+        help="API writes in flight at start; the operator raises this while the API server keeps "
+        "up and halves it on 429 or 5xx (default 8)",
+    )
+    run.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=32,
+        help="upper bound of the adaptive write concurrency (default 32)",
+    )
+    run.add_argument(
+        "--reissue-rate",
+        type=float,
+        default=50.0,
+        help="emergency CA rotation: leaves re-issued per second at most (default 50); a "
+        "scheduled activation re-issues nothing early",
+    )
     run.add_argument(
         "--cluster-domain",
         default="cluster.local",
@@ -319,6 +338,8 @@ def _run(args: argparse.Namespace) -> int:
         webhook_service=args.webhook_service,
         webhook_configuration=args.webhook_configuration,
         concurrency=args.concurrency,
+        max_concurrency=max(args.max_concurrency, args.concurrency),
+        reissue_rate=args.reissue_rate,
         cluster_domain=args.cluster_domain,
         leader_elect=not args.no_leader_elect,
         lease_duration=args.lease_duration,

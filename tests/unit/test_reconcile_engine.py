@@ -381,6 +381,35 @@ def test_pod_deletion_releases_the_secret_only_after_the_revocation_is_stored() 
     asyncio.run(scenario())
 
 
+def test_a_terminating_pod_keeps_its_certificate_until_it_is_gone() -> None:
+    """Graceful termination: the pod drains with its certificate; the serial is revoked and the
+    Secret released only when the pod object is removed."""
+
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        engine, pod, serial = await _per_pod_issued(kube, clock)
+        writes_before = kube.writes()
+        terminating = {
+            **pod,
+            "metadata": {**pod["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"},
+        }
+        kube.objects[("Pod", "shop", "w1")] = terminating
+        engine.observe_pod(terminating)
+        clock.advance(timedelta(seconds=30))
+        await drain(engine, clock)
+        assert leaf_serial(kube, "shop", "web-svid-w1") == serial
+        assert format(serial, "x") not in _stored_revocations(kube)
+        assert kube.writes() == writes_before, "a draining pod's identity is left alone"
+
+        del kube.objects[("Pod", "shop", "w1")]
+        engine.forget_pod(terminating)
+        await drain(engine, clock)
+        assert secret_of(kube, "shop", "web-svid-w1") is None
+        assert format(serial, "x") in _stored_revocations(kube)
+
+    asyncio.run(scenario())
+
+
 def test_a_secret_deleted_while_the_operator_was_down_is_revoked_on_resume() -> None:
     async def scenario() -> None:
         kube, clock = FakeKube(), FakeClock()

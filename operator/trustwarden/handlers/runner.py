@@ -35,6 +35,7 @@ from trustwarden.k8s.leader import LeaderElector
 from trustwarden.metrics import Metrics
 from trustwarden.names import INJECT_LABEL, MANAGED_BY, MANAGER
 from trustwarden.reconcile.admission import ensure_key
+from trustwarden.reconcile.aimd import AdaptiveGate, AimdLimit
 from trustwarden.reconcile.engine import Engine, EngineConfig
 from trustwarden.reconcile.podcerts import PodCertificates
 
@@ -181,7 +182,11 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
     except cluster_config.ConfigError as exc:
         raise SystemExit(f"trustwarden: {exc}") from None
     api = ApiClient(cluster)
-    gateway = KubeGateway(api, instance=config.identity)
+    gate = AdaptiveGate(
+        AimdLimit(initial=config.concurrency, maximum=config.max_concurrency),
+        on_change=lambda limit: log.debug("API write concurrency now %d", limit),
+    )
+    gateway = KubeGateway(api, instance=config.identity, write_gate=gate)
     metrics = Metrics()
     if config.local:
         await gateway.ensure_namespace(config.operator_namespace, {MANAGED_BY: MANAGER})
@@ -191,7 +196,9 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
         EngineConfig(
             admission_key=admission_key,
             operator_namespace=config.operator_namespace,
-            concurrency=config.concurrency,
+            # handlers may run up to the gate's ceiling; the gate bounds the writes in flight
+            concurrency=config.max_concurrency,
+            reissue_rate=config.reissue_rate,
             cluster_domain=config.cluster_domain,
             watch_namespaces=frozenset(config.watch_namespaces) or None,
             propagation_delay=config.propagation_delay,

@@ -29,6 +29,10 @@ class OperatorConfig:
     webhook_service: str | None = None
     webhook_configuration: str = "trustwarden-webhook"
     concurrency: int = 8
+    # Writes in flight grow from `concurrency` up to this while the API server keeps up, and
+    # halve on 429/5xx (reconcile/aimd.py).
+    max_concurrency: int = 32
+    reissue_rate: float = 50.0
     cluster_domain: str = "cluster.local"
     leader_elect: bool = True
     lease_name: str = "trustwarden-leader"

@@ -24,6 +24,7 @@ from trustwarden.names import (
     MANAGER,
     VERSION,
 )
+from trustwarden.reconcile.aimd import AdaptiveGate
 from trustwarden.reconcile.ports import (
     Body,
     ConflictError,
@@ -68,9 +69,14 @@ def object_path(kind: str, namespace: str | None, name: str | None = None) -> st
     return f"{base}/{name}" if name else base
 
 
-async def call_with_retries(call: Callable[[], Awaitable[T]], what: str = "") -> T:
+async def call_with_retries(
+    call: Callable[[], Awaitable[T]],
+    what: str = "",
+    on_overload: Callable[[], None] | None = None,
+) -> T:
     """`call`, retried on 429, 5xx and unreachable with capped exponential backoff (or the
-    server's Retry-After); 404 and 409 become NotFoundError and ConflictError."""
+    server's Retry-After); 404 and 409 become NotFoundError and ConflictError. `on_overload`
+    hears of every 429 and 5xx (the API server pushing back)."""
     delay = 0.2
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
@@ -80,6 +86,8 @@ async def call_with_retries(call: Callable[[], Awaitable[T]], what: str = "") ->
                 raise NotFoundError(exc.message) from exc
             if exc.status == 409:
                 raise ConflictError(exc.message) from exc
+            if on_overload is not None and (exc.status == 429 or exc.status >= 500):
+                on_overload()
             if exc.status not in RETRYABLE or attempt == MAX_ATTEMPTS:
                 raise
             if exc.retry_after is not None:
@@ -105,8 +113,11 @@ class KubeGateway:
         *,
         instance: str = "trustwarden",
         event_namespace: str = "default",
+        write_gate: AdaptiveGate | None = None,
     ) -> None:
         self.api = api
+        # Writes (not reads or watches) go through the adaptive concurrency gate, if any.
+        self.write_gate = write_gate
         self.instance = instance
         # The API server accepts Events about cluster-scoped objects (TrustDomains) only in
         # `default`; the parameter stays for clusters that relax that.
@@ -124,12 +135,18 @@ class KubeGateway:
         params: Mapping[str, str] | None = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
-        return await call_with_retries(
-            lambda: self.api.request(
+        def call() -> Awaitable[dict[str, Any]]:
+            return self.api.request(
                 method, path, params=params, body=body, content_type=content_type
-            ),
-            f"{method} {path}",
-        )
+            )
+
+        gate = self.write_gate
+        if gate is None or method == "GET":
+            return await call_with_retries(call, f"{method} {path}")
+        async with gate.slot():
+            result = await call_with_retries(call, f"{method} {path}", gate.overloaded)
+        gate.succeeded()
+        return result
 
     async def get(self, kind: str, namespace: str | None, name: str) -> Body | None:
         try:

@@ -90,6 +90,7 @@ from trustwarden.reconcile.domains import (
     revocations_name,
 )
 from trustwarden.reconcile.events import EventRecorder
+from trustwarden.reconcile.handover import HandoverPacer
 from trustwarden.reconcile.ledger import LEDGER_KEY, Ledger, LedgerEntry, ledger_name
 from trustwarden.reconcile.model import (
     CAKind,
@@ -157,6 +158,8 @@ class EngineConfig:
     # Verifies the injection webhook's admission tags (reconcile/admission.py); every replica
     # reads the same key from the operator namespace at start.
     admission_key: AdmissionKey = field(default_factory=lambda: AdmissionKey(new_key()))
+    # Emergency CA rotation: leaves re-issued at most this many per second (None: unpaced).
+    reissue_rate: float | None = 50.0
 
 
 @dataclass
@@ -201,6 +204,7 @@ class Engine:
     ) -> None:
         self.kube = kube
         self.config = config
+        self.handover = HandoverPacer(config.reissue_rate)
         self.metrics = metrics
         self.clock = clock
         self.scheduler = DeadlineScheduler(
@@ -474,6 +478,7 @@ class Engine:
             self.dirty_status.add(("wid", known.namespace, known.identity))
         self.scheduler.cancel(("pod", *key))
         self.failures.pop(("pod", *key), None)
+        self.handover.forget(("pod", *key))
         self._written.discard(("pod", *key))
         self._create_conflicts.discard(("pod", *key))
         self.repairs.pop(("pod", *key), None)
@@ -1472,10 +1477,8 @@ class Engine:
     async def _reconcile_pod(self, namespace: str, name: str) -> None:
         pod = self.pods.get((namespace, name))
         if pod is None or pod.deleting:
-            if pod is not None:
-                secret_name = self._admitted_secret.get(pod.uid) or pod.secret_name
-                if secret_name or pod.identity:
-                    await self._revoke_orphan(namespace, secret_name or "", pod.uid)
+            # A terminating pod still drains connections with its certificate: it keeps it
+            # until the pod is gone (forget_pod schedules the revocation then).
             return
         ns_info = self.namespaces.get(namespace)
         if ns_info is None or not ns_info.injection_enabled or not pod.identity:
@@ -1765,6 +1768,18 @@ class Engine:
                 now,
                 expected_sha256=observed.recorded_sha256 if observed is not None else None,
             )
+        if decision.reason is RenewalReason.IssuerNotActive and facts is not None:
+            point = renew_point(
+                facts,
+                desired.renew_at,
+                target.jitter_key,
+                self.config.max_jitter_fraction,
+                backdate=desired.backdate,
+            )
+            later = self.handover.defer(target.key, target.domain.authorities, facts, point, now)
+            if later is not None:  # a scheduled hand-over, or an emergency one's paced slot
+                self._schedule(target.key, later)
+                return
         ca_pem = self._ca_pem_for(target.wid, target.domain)
         if decision.action is RenewalAction.wait:
             assert observed is not None
@@ -1813,9 +1828,12 @@ class Engine:
     async def _pod_alive(self, target: LeafTarget) -> bool:
         return await self._pod_lives(target.namespace, target.owner.name, target.owner.uid)
 
-    async def _pod_lives(self, namespace: str, name: str, uid: str) -> bool:
+    async def _pod_lives(
+        self, namespace: str, name: str, uid: str, *, terminating_lives: bool = False
+    ) -> bool:
         """Asked of the API server, not the cache: the pod watch may lag behind the garbage
-        collector, and a wrong "alive" would let a serial go unrevoked."""
+        collector, and a wrong "alive" would let a serial go unrevoked. A terminating pod
+        counts as alive only with `terminating_lives` (it is never issued a new Secret)."""
         try:
             body = await self.kube.get("Pod", namespace, name)
         except ValueError:  # a port that cannot read pods: assume it lives
@@ -1823,7 +1841,7 @@ class Engine:
         if body is None:
             return False
         meta = body.get("metadata") or {}
-        return meta.get("uid") == uid and not meta.get("deletionTimestamp")
+        return meta.get("uid") == uid and (terminating_lives or not meta.get("deletionTimestamp"))
 
     def _report_conflict(self, target: LeafTarget, *, per_pod: bool) -> None:
         message = (
@@ -2372,7 +2390,10 @@ class Engine:
         for pod_name in self.pods_by_wid.get(identity, ()):
             pod = self.pods.get((info.namespace, pod_name))
             if pod is not None and pod.uid in info.owner_uids:
-                return not pod.deleting and await self._pod_lives(info.namespace, pod.name, pod.uid)
+                # a terminating pod still lives: its Secret deleted by hand is not a revocation
+                return await self._pod_lives(
+                    info.namespace, pod.name, pod.uid, terminating_lives=True
+                )
         return False
 
     async def _catch_up(self) -> None:

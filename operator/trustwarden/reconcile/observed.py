@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from sys import intern
 from typing import Any
 
 from trustwarden.names import (
@@ -101,7 +102,9 @@ class PodInfo:
     def from_body(cls, body: Mapping[str, Any]) -> PodInfo:
         meta = _meta(body)
         spec = body.get("spec") or {}
-        labels = dict(meta.get("labels") or {})
+        # Interned: 100,000 pods repeat a few namespaces, label keys, values and identities;
+        # each parsed body would otherwise keep its own copy of every one.
+        labels = {intern(str(k)): intern(str(v)) for k, v in (meta.get("labels") or {}).items()}
         annotations = meta.get("annotations") or {}
         volume_secret = None
         for volume in spec.get("volumes") or ():
@@ -110,11 +113,11 @@ class PodInfo:
         annotated = annotations.get(SECRET_ANNOTATION)
         secret_name = annotated if annotated and annotated == volume_secret else None
         return cls(
-            namespace=str(meta.get("namespace")),
+            namespace=intern(str(meta.get("namespace"))),
             name=str(meta.get("name")),
             uid=str(meta.get("uid")),
             labels=labels,
-            service_account=str(spec.get("serviceAccountName") or "default"),
+            service_account=intern(str(spec.get("serviceAccountName") or "default")),
             identity=labels.get(IDENTITY_LABEL),
             secret_name=secret_name,
             deleting=bool(meta.get("deletionTimestamp")),
