@@ -207,6 +207,17 @@ async def drain(engine: Engine, clock: FakeClock, *, rounds: int = 50) -> None:
             break
 
 
+def observe_written(engine: Engine, kube: FakeKube) -> None:
+    """Feed what the fake API holds back into the caches, as the watches would."""
+    for (kind, _ns, name), body in kube.objects.items():
+        if kind == "Secret":
+            engine.observe_secret(body)
+        elif kind == "ConfigMap" and name == "trustwarden-bundle":
+            engine.observe_bundle(body)
+        elif kind == "ConfigMap" and name.startswith("trustwarden-ledger-"):
+            engine.observe_ledger(body)
+
+
 def namespace(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
     return {
         "metadata": {

@@ -21,6 +21,7 @@ from tests.unit.fakes import (
     drain,
     make_engine,
     namespace,
+    observe_written,
     trust_domain,
     workload_identity,
 )
@@ -31,17 +32,6 @@ OPNS = "trustwarden-system"
 CA_SECRET = ("Secret", OPNS, "trustwarden-ca-prod")
 SHARED = ("Secret", "payments", "api-svid")
 BUNDLE = ("ConfigMap", "payments", "trustwarden-bundle")
-
-
-def _feed(engine: Engine, kube: FakeKube) -> None:
-    """What the watches deliver: every Secret and our ConfigMaps as they are now."""
-    for (kind, _ns, name), body in kube.objects.items():
-        if kind == "Secret":
-            engine.observe_secret(body)
-        elif kind == "ConfigMap" and name == "trustwarden-bundle":
-            engine.observe_bundle(body)
-        elif kind == "ConfigMap" and name.startswith("trustwarden-ledger-"):
-            engine.observe_ledger(body)
 
 
 def _world(engine: Engine) -> None:
@@ -58,7 +48,7 @@ async def _issued(kube: FakeKube, clock: FakeClock) -> Engine:
     engine.scheduler.schedule(("wid", "payments", "api"), clock())
     await drain(engine, clock)
     await engine.flush_status(final=True)
-    _feed(engine, kube)
+    observe_written(engine, kube)
     return engine
 
 
@@ -81,7 +71,7 @@ async def _delete_shared(engine: Engine, kube: FakeKube, clock: FakeClock) -> No
     del kube.objects[SHARED]
     engine.forget_secret("payments", "api-svid")
     await drain(engine, clock)
-    _feed(engine, kube)
+    observe_written(engine, kube)
 
 
 def test_secret_fight_repairs_at_once_then_backs_off_doubling_and_repairs_when_due() -> None:
@@ -112,7 +102,7 @@ def test_secret_fight_repairs_at_once_then_backs_off_doubling_and_repairs_when_d
         clock.advance(timedelta(seconds=1))
         await drain(engine, clock)
         assert SHARED in kube.objects
-        _feed(engine, kube)
+        observe_written(engine, kube)
 
         # Still fighting within the window: the next wait is twice as long.
         await _delete_shared(engine, kube, clock)
@@ -137,7 +127,7 @@ def test_secret_fight_counts_edits_too_and_forgets_them_after_the_window() -> No
             body["metadata"]["resourceVersion"] = kube._next_rv()
             engine.observe_secret(body)
             await drain(engine, clock)
-            _feed(engine, kube)
+            observe_written(engine, kube)
             return before
 
         for _ in range(REPAIRS_BEFORE_BACKOFF):
@@ -153,7 +143,7 @@ def test_secret_fight_counts_edits_too_and_forgets_them_after_the_window() -> No
         # Ten quiet minutes later, a single edit is repaired at once again.
         clock.advance(timedelta(minutes=11))
         await drain(engine, clock)
-        _feed(engine, kube)
+        observe_written(engine, kube)
         fights = len(_events(kube, "SecretFight"))
         before = await tamper()
         assert _serial(kube) != before
@@ -205,7 +195,7 @@ def test_ca_secret_lost_across_a_restart_keeps_old_anchors_and_publishes_the_new
         engine.observe_namespace(namespace(OPNS))
         engine.observe_trust_domain(_domain_body_with_status(kube))
         engine.observe_workload_identity(workload_identity("payments", "api"))
-        _feed(engine, kube)
+        observe_written(engine, kube)
         engine.scheduler.schedule(("td", "prod"), clock())
         engine.scheduler.schedule(("wid", "payments", "api"), clock())
         await drain(engine, clock)
@@ -221,7 +211,7 @@ def test_ca_secret_lost_across_a_restart_keeps_old_anchors_and_publishes_the_new
 
         clock.advance(timedelta(minutes=2, seconds=1))
         await drain(engine, clock)
-        _feed(engine, kube)
+        observe_written(engine, kube)
         chain = base64.b64decode(kube.objects[SHARED]["data"]["tls.crt"])
         leaf = x509.load_pem_x509_certificates(chain)[0]
         roots = x509.load_pem_x509_certificates(

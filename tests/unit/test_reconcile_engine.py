@@ -16,6 +16,7 @@ from tests.unit.fakes import (
     drain,
     make_engine,
     namespace,
+    observe_written,
     per_pod_world,
     trust_domain,
     workload_identity,
@@ -33,17 +34,6 @@ def leaf_serial(kube: FakeKube, ns: str, name: str) -> int:
     assert secret is not None
     chain = base64.b64decode(secret["data"]["tls.crt"])  # type: ignore[index]
     return int(x509.load_pem_x509_certificates(chain)[0].serial_number)
-
-
-def observe_written(engine: Engine, kube: FakeKube) -> None:
-    """Feed what the fake API holds back into the caches, as the watches would."""
-    for (kind, _ns, name), body in kube.objects.items():
-        if kind == "Secret":
-            engine.observe_secret(body)
-        elif kind == "ConfigMap" and name == "trustwarden-bundle":
-            engine.observe_bundle(body)
-        elif kind == "ConfigMap" and name.startswith("trustwarden-ledger-"):
-            engine.observe_ledger(body)
 
 
 def setup(engine: Engine) -> None:
