@@ -320,7 +320,12 @@ def test_deleting_the_identity_revokes_its_serial(
         tmp_path, data["tls.crt"], bundle["ca.crt"], bundle[f"{domain.trust_domain}.crl.pem"]
     )
     assert result.returncode != 0 and "revoked" in (result.stdout + result.stderr)
-    assert secret_data(cluster, namespace, "api-svid") is None
+    # The Secret goes once the revocation is stored; the same flush may publish the CRL first.
+    wait_for(
+        lambda: secret_data(cluster, namespace, "api-svid") is None,
+        timeout=30,
+        what="the deleted identity's Secret to be removed",
+    )
 
 
 def test_restart_reissues_nothing_valid(

@@ -102,6 +102,28 @@ OPERATOR_RBAC = [
                 "resources": ["customresourcedefinitions"],
                 "verbs": ["get", "list", "watch"],
             },
+            # Pod certificates, as in the chart (Kubernetes 1.37+).
+            {
+                "apiGroups": ["certificates.k8s.io"],
+                "resources": ["podcertificaterequests"],
+                "verbs": ["get", "list", "watch"],
+            },
+            {
+                "apiGroups": ["certificates.k8s.io"],
+                "resources": ["podcertificaterequests/status"],
+                "verbs": ["update"],
+            },
+            {
+                "apiGroups": ["certificates.k8s.io"],
+                "resources": ["signers"],
+                "resourceNames": ["trustwarden.io/*"],
+                "verbs": ["sign", "attest"],
+            },
+            {
+                "apiGroups": ["certificates.k8s.io"],
+                "resources": ["clustertrustbundles"],
+                "verbs": ["create", "update", "delete"],
+            },
         ],
     },
     {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}},

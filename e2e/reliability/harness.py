@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -72,10 +71,9 @@ class Operator:
         self._lock = threading.Lock()
 
     def command(self) -> list[str]:
-        prefix = [TRUSTWARDEN]
+        extra = list(self.extra_args)
         if self.ca_recovery_grace is not None:
-            # Same code, same CLI; only EngineConfig.ca_recovery_grace differs (see launch.py).
-            prefix = [sys.executable, "-m", "e2e.reliability.launch"]
+            extra.append(f"--ca-recovery-grace={self.ca_recovery_grace:g}s")
         return run_command(
             self.kubeconfig,
             namespace=self.namespace,
@@ -83,8 +81,8 @@ class Operator:
             webhook_port=self.webhook_port,
             identity=self.identity,
             lease_duration=self.lease_duration,
-            extra_args=self.extra_args,
-            prefix=prefix,
+            extra_args=extra,
+            prefix=[TRUSTWARDEN],
         )
 
     def start(self) -> Operator:
@@ -98,8 +96,6 @@ class Operator:
             overlay = os.environ.get("TW_RELIABILITY_OPERATOR_PYTHONPATH")
             if overlay:  # developer knob: run the suite against a patched copy of the operator
                 env["PYTHONPATH"] = overlay
-            if self.ca_recovery_grace is not None:
-                env["TW_RELIABILITY_CA_RECOVERY_GRACE"] = str(self.ca_recovery_grace)
             self.process = subprocess.Popen(
                 self.command(),
                 stdout=log,

@@ -114,6 +114,14 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="floor of the derived default activation delay (default 3m); lower it only on "
         "clusters whose kubelet delays you have measured, e.g. test clusters",
     )
+    run.add_argument(
+        "--ca-recovery-grace",
+        default="2m",
+        metavar="DURATION",
+        help="when a self-signed CA Secret is lost and no copy is in memory, the new authority "
+        "is published in the bundles at once and signs only after this long (default 2m), so "
+        "pods see the new anchor before certificates it signed",
+    )
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
 
@@ -324,6 +332,7 @@ def _run(args: argparse.Namespace) -> int:
     identity = args.identity or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     propagation_delay = _run_duration(args.propagation_delay, "--propagation-delay")
     min_activate_after = _run_duration(args.min_activate_after, "--min-activate-after")
+    ca_recovery_grace = _run_duration(args.ca_recovery_grace, "--ca-recovery-grace")
     config = OperatorConfig(
         operator_namespace=args.namespace,
         local=args.local,
@@ -346,6 +355,7 @@ def _run(args: argparse.Namespace) -> int:
         identity=identity,
         propagation_delay=propagation_delay,
         min_activate_after=min_activate_after,
+        ca_recovery_grace=ca_recovery_grace,
     )
     asyncio.run(run(config))
     return 0

@@ -303,3 +303,63 @@ def test_older_cluster_keeps_the_secret_path_and_reports_the_signer_unavailable(
     assert signer["available"] is False and "1.37" in signer["message"]
     extra = engine.status_extras("wid", "shop", "web")
     assert extra["denial"][0] == "SignerUnavailable"
+
+
+def test_a_signer_without_rbac_says_why_and_never_holds_back_ca_activation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """RBAC without the pod-certificate rules: listing PodCertificateRequests is forbidden.
+    The signer stops, says so in the log and the TrustDomain status, and removes its
+    ClusterTrustBundle gate, so a recovering or rotating CA still activates."""
+    import asyncio
+    from collections.abc import AsyncIterator
+    from types import SimpleNamespace
+
+    from trustwarden.metrics import Metrics
+    from trustwarden.reconcile.engine import EngineConfig
+    from trustwarden.reconcile.podcerts import PodCertificates
+    from trustwarden.reconcile.podcerts import controller as controller_mod
+    from trustwarden.reconcile.ports import ListPage
+
+    class Forbidden(Exception):
+        pass
+
+    class NoRbac:
+        async def served_resources(self, path: str) -> set[str] | None:
+            return {"podcertificaterequests", "clustertrustbundles"}
+
+        async def list_pages(self, kind: str, **_: Any) -> AsyncIterator[ListPage]:
+            if kind == "PodCertificateRequest":
+                raise Forbidden('podcertificaterequests is forbidden: User "tw" cannot list')
+            yield ListPage([], "1")
+
+    engine = SimpleNamespace(
+        config=EngineConfig(),
+        started=True,
+        domains={"prod": object()},
+        wids={},
+        namespaces={},
+        dirty_status=set(),
+        anchor_gates=[],
+        status_extras=None,
+    )
+    controller = PodCertificates(NoRbac(), engine, Metrics())  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        task = asyncio.create_task(controller.run())
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if controller.available is False:
+                break
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with caplog.at_level("ERROR"):
+        asyncio.run(scenario())
+    assert engine.anchor_gates == []
+    signer = engine.status_extras("td", "", "prod")["signer"]
+    assert signer["available"] is False
+    assert "forbidden" in signer["message"] and "RBAC" in signer["message"]
+    assert any("pod certificates" in r.getMessage() for r in caplog.records)
+    assert controller_mod.RESTART_SECONDS > 0

@@ -203,6 +203,7 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
             watch_namespaces=frozenset(config.watch_namespaces) or None,
             propagation_delay=config.propagation_delay,
             min_activate_after=config.min_activate_after,
+            ca_recovery_grace=config.ca_recovery_grace,
         ),
         metrics,
     )

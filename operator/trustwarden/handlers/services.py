@@ -40,6 +40,7 @@ class OperatorConfig:
     identity: str = "trustwarden"
     propagation_delay: timedelta = timedelta(minutes=2)
     min_activate_after: timedelta = timedelta(minutes=3)
+    ca_recovery_grace: timedelta = timedelta(minutes=2)
 
 
 @dataclass

@@ -60,6 +60,7 @@ WORKERS = 64
 RETRY = timedelta(seconds=1)
 RETRY_MAX = 30.0
 WAIT = 0.25
+RESTART_SECONDS = 30.0  # after the signer failed (see run)
 
 
 class PodCertKube(KubePort, Protocol):
@@ -146,7 +147,38 @@ class PodCertificates:
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        """Ask the API whether it serves pod certificates; if it does, sign until cancelled."""
+        """Ask the API whether it serves pod certificates; if it does, sign until cancelled.
+
+        A failure (RBAC that lacks the pod-certificate rules, say) never blocks the Secret
+        path: the signer says why in every TrustDomain's status and in the log, stops gating
+        CA activation on its ClusterTrustBundles, and starts again after a pause."""
+        while True:
+            try:
+                await self._run_once()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._stop(exc)
+            await asyncio.sleep(RESTART_SECONDS)
+
+    def _stop(self, exc: Exception) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
+        with contextlib.suppress(ValueError):
+            self.engine.anchor_gates.remove(self.bundles.published)
+        self.available = False
+        self.unavailable_message = (
+            f"the pod-certificate signer stopped ({type(exc).__name__}: {exc}); it starts "
+            f"again in {RESTART_SECONDS:.0f}s. Check the operator's RBAC for "
+            "podcertificaterequests, signers and clustertrustbundles; Secret delivery is "
+            "unaffected"
+        )
+        log.error("pod certificates: %s", self.unavailable_message)
+        self._mark_domains()
+
+    async def _run_once(self) -> None:
         served = await self.kube.served_resources(CERTIFICATES_V1)
         missing = NEEDED - (served or set())
         if missing:
@@ -159,8 +191,6 @@ class PodCertificates:
             log.warning("pod certificates unavailable: %s", self.unavailable_message)
             self._mark_domains()
             return
-        self.available = True
-        self.engine.anchor_gates.append(self.bundles.published)
         await self._load_state()
         scopes: list[str | None] = (
             sorted(self.engine.config.watch_namespaces)
@@ -195,6 +225,9 @@ class PodCertificates:
         ]
         for reflector in pods + requests:
             await reflector.list()
+        # From here on a new authority signs only once its anchor is in the ClusterTrustBundle.
+        self.available = True
+        self.engine.anchor_gates.append(self.bundles.published)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(r.watch(), name=f"trustwarden-podcerts-watch-{r.kind}")
