@@ -13,7 +13,7 @@ HELM := $(CACHE_ROOT)/helm/$(HELM_VERSION)/helm
 export TRUSTWARDEN_KUBECTL := $(KUBECTL)
 export TRUSTWARDEN_HELM := $(HELM)
 
-.PHONY: help venv tools cluster-up cluster-down lint typecheck importlint unit e2e test-reliability test demo bench clean
+.PHONY: help venv tools cluster-up cluster-down node-up node-down images lint typecheck importlint unit e2e test-reliability test demo bench clean
 
 help:
 	@echo "make demo          set everything up, start a local control plane and the operator, show certificates"
@@ -22,6 +22,8 @@ help:
 	@echo "make bench         benchmarks (BENCH=full for the full profile)"
 	@echo "make cluster-up    start the local control plane (.cluster/kubeconfig)"
 	@echo "make cluster-down  stop it and remove its state"
+	@echo "make node-up       add a real node (kubelet, containerd, runc) to it, with the images built here"
+	@echo "make node-down     stop the node and remove its containers, mounts, cgroups and state"
 
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +41,15 @@ cluster-up: tools
 
 cluster-down:
 	hack/cluster-down.sh
+
+images:
+	hack/build-images.sh
+
+node-up: cluster-up
+	hack/node-up.sh
+
+node-down:
+	hack/node-down.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check operator tests e2e bench
