@@ -122,7 +122,11 @@ build_operator() {
   if [[ ! -f "$IMAGES/operator/$key/.complete" ]]; then
     load_base
     log "operator: buildah bud of the Dockerfile (pip needs PyPI for the wheels)"
+    # pip reaches PyPI through this host's network and so needs this host's CA bundle (a TLS
+    # proxy may sit in between): bound over the base's bundle for the RUN steps only, never
+    # written into the image.
     bah bud --quiet --pull=never --network host --layers=false \
+      --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
       --build-arg "PYTHON_VERSION=$(cat "$base/python-version")" \
       -f "$repo/Dockerfile" -t "$ref" "$repo" >&2 || die "buildah bud of the Dockerfile failed"
     bah push --quiet "$ref" "docker-archive:$tmp/operator.tar:$ref"
