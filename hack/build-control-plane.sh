@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver, kube-controller-manager, kubectl, etcd, helm and kwok from the Go
-# module proxy and caches them under ~/.cache/trustwarden/<component>/<version>/.
+# module proxy and caches them under ~/.cache/trustwarden/<component>/<version>/. The local
+# node (hack/node-up.sh) adds kubelet, kube-scheduler and containerd, built the same way.
 #
 # Why wrapper modules: k8s.io/kubernetes points its staging modules at ./staging with replace
 # directives, and Go ignores a dependency's replaces, so `go install k8s.io/kubernetes/...@v`
@@ -41,11 +42,9 @@ install_dir() { # tmpdir component version: atomically publish a finished build
   log "$2 $3 cached in $dest"
 }
 
-build_kubernetes() {
-  local v="$KUBE_VERSION" bins=(kube-apiserver kube-controller-manager kubectl)
-  if cached kubernetes "$v" "${bins[@]}"; then log "kubernetes $v: cached"; return; fi
-  local tmp; tmp="$(mktemp -d "${TMPDIR:-/tmp}/tw-k8s-build.XXXXXX")"
-  trap 'rm -rf "$tmp"' RETURN
+# Writes the wrapper go.mod for k8s.io/kubernetes $KUBE_VERSION into $1 and prints the ldflags.
+k8s_wrapper() { # dir
+  local tmp="$1" v="$KUBE_VERSION"
   local minor="${v#v1.}"; minor="${minor%%.*}"
   local staging="v0.${v#v1.}"
   log "kubernetes $v: fetching the published go.mod"
@@ -74,15 +73,51 @@ build_kubernetes() {
     ld+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
+  printf '%s' "$ld" > "$tmp/ldflags"
+}
+
+build_k8s_cmds() { # cache-component binary...: build k8s.io/kubernetes/cmd/<binary> into one cache dir
+  local component="$1" v="$KUBE_VERSION"; shift
+  local bins=("$@")
+  if cached "$component" "$v" "${bins[@]}"; then log "$component $v: cached"; return; fi
+  local tmp; tmp="$(mktemp -d "${TMPDIR:-/tmp}/tw-$component-build.XXXXXX")"
+  trap 'rm -rf "$tmp"' RETURN
+  k8s_wrapper "$tmp"
+  local ld; ld="$(cat "$tmp/ldflags")"
   mkdir -p "$tmp/out"
   local b
   for b in "${bins[@]}"; do
-    log "kubernetes $v: building $b (several minutes on 2 cores)"
+    log "$component $v: building $b (several minutes on 2 cores)"
     (cd "$tmp" && go build -mod=mod -p "$BUILD_JOBS" -trimpath -ldflags "$ld" -o "out/$b" "k8s.io/kubernetes/cmd/$b") \
       || die "building $b failed"
+    "$tmp/out/$b" --version 2>/dev/null | grep -q "$v" || die "$b does not report $v"
   done
-  "$tmp/out/kube-apiserver" --version | grep -q "$v" || die "kube-apiserver does not report $v"
-  install_dir "$tmp" kubernetes "$v"
+  install_dir "$tmp" "$component" "$v"
+}
+
+build_kubernetes() { build_k8s_cmds kubernetes kube-apiserver kube-controller-manager kubectl; }
+# The local node's kubelet, and a scheduler so that pods are bound to it as in any cluster.
+build_kubelet() { build_k8s_cmds kubelet kubelet; }
+build_scheduler() { build_k8s_cmds kube-scheduler kube-scheduler; }
+
+# containerd v2 from the Go module proxy: its module has no replace directives that Go would
+# ignore, so `go install` of the three commands works as it is. CGO off gives static binaries;
+# the btrfs snapshotter (cgo) and the other optional pieces are left out by build tags.
+build_containerd() {
+  local v="$CONTAINERD_VERSION" bins=(containerd containerd-shim-runc-v2 ctr)
+  if cached containerd "$v" "${bins[@]}"; then log "containerd $v: cached"; return; fi
+  local tmp; tmp="$(mktemp -d "${TMPDIR:-/tmp}/tw-containerd-build.XXXXXX")"
+  trap 'rm -rf "$tmp"' RETURN
+  mkdir -p "$tmp/out"
+  local mod=github.com/containerd/containerd/v2
+  local ld="-s -w -X $mod/version.Version=$v -X $mod/version.Revision=module-proxy"
+  log "containerd $v: building (a few minutes on 2 cores)"
+  (cd "$tmp" && GOBIN="$tmp/out" go install -p "$BUILD_JOBS" -trimpath \
+      -tags "no_btrfs no_devmapper no_zfs no_aufs" -ldflags "$ld" \
+      "$mod/cmd/containerd@$v" "$mod/cmd/containerd-shim-runc-v2@$v" "$mod/cmd/ctr@$v") \
+    || die "building containerd $v failed"
+  "$tmp/out/containerd" --version | grep -q "$v" || die "containerd does not report $v"
+  install_dir "$tmp" containerd "$v"
 }
 
 build_etcd() {
@@ -154,7 +189,10 @@ for c in "${components[@]}"; do
     etcd) build_etcd ;;
     helm) build_helm ;;
     kwok) build_kwok ;;
-    *) die "unknown component '$c' (expected kubernetes, etcd, helm or kwok)" ;;
+    kubelet) build_kubelet ;;
+    kube-scheduler) build_scheduler ;;
+    containerd) build_containerd ;;
+    *) die "unknown component '$c' (expected kubernetes, etcd, helm, kwok, kubelet, kube-scheduler or containerd)" ;;
   esac
 done
 log "done in $((SECONDS - start))s"

@@ -6,6 +6,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CLUSTER_DIR="${CLUSTER_DIR:-$(dirname "$here")/.cluster}"
 log() { printf '[cluster-down] %s\n' "$*" >&2; }
 [[ -d "$CLUSTER_DIR" ]] || { log "nothing to stop in $CLUSTER_DIR"; exit 0; }
+# A local node (hack/node-up.sh) goes first: its containers, mounts and cgroups.
+[[ -d "$CLUSTER_DIR/node" ]] && CLUSTER_DIR="$CLUSTER_DIR" "$here/node-down.sh"
 for name in kwok kube-controller-manager kube-apiserver etcd; do
   pidfile="$CLUSTER_DIR/pids/$name.pid"
   [[ -f "$pidfile" ]] || continue

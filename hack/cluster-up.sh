@@ -74,6 +74,9 @@ issue_cert apiserver "/CN=kube-apiserver" \
   "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1"
 issue_cert admin "/O=system:masters/CN=trustwarden-admin" \
   "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth"
+# The API server's client certificate towards kubelets (logs, exec) of a local node.
+issue_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+  "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth"
 issue_cert controller-manager "/CN=system:kube-controller-manager" \
   "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth"
 ossl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$pki/sa.key"
@@ -148,6 +151,8 @@ start kube-apiserver "$K8S_BIN/kube-apiserver" \
   --service-cluster-ip-range=10.0.0.0/24 \
   --enable-admission-plugins=NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook \
   --endpoint-reconciler-type=none --enable-aggregator-routing=true \
+  --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
+  --kubelet-certificate-authority="$pki/ca.crt" --kubelet-preferred-address-types=InternalIP \
   --allow-privileged=true --profiling=false --v=1 \
   ${APISERVER_EXTRA_ARGS:-}
 write_kubeconfig "$KUBECONFIG_OUT" admin

@@ -1,0 +1,34 @@
+"""The local node (hack/node-up.sh): started by the tests that need it, removed at the end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from e2e.support import REPO, Cluster
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    images: dict[str, str]  # pause / operator / workload -> image reference in containerd
+
+
+@pytest.fixture(scope="session")
+def node(cluster: Cluster) -> Iterator[Node]:
+    name = "trustwarden-node"
+    env = {**os.environ, "CLUSTER_DIR": str(cluster.directory), "NODE_NAME": name}
+    try:
+        subprocess.run([str(REPO / "hack" / "node-up.sh")], check=True, env=env, timeout=1800)
+        listing = (cluster.directory / "node" / "images").read_text()
+        images = {}
+        for line in listing.splitlines():
+            key, _, rest = line.partition("=")
+            images[key] = rest.split()[0]
+        yield Node(name=name, images=images)
+    finally:
+        subprocess.run([str(REPO / "hack" / "node-down.sh")], check=True, env=env, timeout=300)

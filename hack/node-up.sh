@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# Starts one real node on the local control plane (hack/cluster-up.sh must be running):
+# containerd v2 with Debian's runc, a kubelet v1.37 registered as system:node:<name>, and
+# kube-scheduler. Everything lives in $NODE_DIR (default $CLUSTER_DIR/node); hack/node-down.sh
+# stops it by exact pid and removes containers, mounts, cgroups and state.
+#
+# Loopback only: pods must use hostNetwork: true and talk over 127.0.0.1. No kube-proxy runs,
+# so Service ClusterIPs (a private range) lead nowhere; the API server reaches webhooks through
+# endpoint addresses (--enable-aggregator-routing in cluster-up.sh), and pods reach the API
+# server through KUBERNETES_SERVICE_HOST=127.0.0.1 / KUBERNETES_SERVICE_PORT (chart: extraEnv).
+# CNI has one loopback-only network, so the runtime reports its network ready.
+#
+# Environment: CLUSTER_DIR, NODE_DIR, NODE_NAME (default trustwarden-node), NODE_READY_TIMEOUT.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(dirname "$here")"
+# shellcheck source=versions.env
+source "$here/versions.env"
+CACHE_ROOT="${TRUSTWARDEN_CACHE:-$HOME/.cache/trustwarden}"
+CLUSTER_DIR="${CLUSTER_DIR:-$repo/.cluster}"
+NODE_DIR="${NODE_DIR:-$CLUSTER_DIR/node}"
+NODE_NAME="${NODE_NAME:-trustwarden-node}"
+READY_TIMEOUT="${NODE_READY_TIMEOUT:-180}"
+KUBECTL="$CACHE_ROOT/kubernetes/$KUBE_VERSION/kubectl"
+KUBELET="$CACHE_ROOT/kubelet/$KUBE_VERSION/kubelet"
+SCHEDULER="$CACHE_ROOT/kube-scheduler/$KUBE_VERSION/kube-scheduler"
+CTRD="$CACHE_ROOT/containerd/$CONTAINERD_VERSION"
+pki="$CLUSTER_DIR/pki"
+
+log() { printf '[node-up %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+kc() { "$KUBECTL" --kubeconfig "$CLUSTER_DIR/kubeconfig" "$@"; }
+
+[[ -f "$CLUSTER_DIR/ports.env" ]] || die "no control plane in $CLUSTER_DIR (run hack/cluster-up.sh first)"
+# shellcheck disable=SC1091
+source "$CLUSTER_DIR/ports.env"
+
+alive() { [[ -f "$NODE_DIR/pids/$1.pid" ]] && kill -0 "$(cat "$NODE_DIR/pids/$1.pid")" 2>/dev/null; }
+if alive kubelet && alive containerd && alive kube-scheduler \
+   && [[ "$(kc get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]; then
+  log "reusing the ready node $NODE_NAME in $NODE_DIR"
+  exit 0
+fi
+[[ -d "$NODE_DIR" ]] && { log "stale node state in $NODE_DIR: cleaning it first"; NODE_DIR="$NODE_DIR" CLUSTER_DIR="$CLUSTER_DIR" "$here/node-down.sh"; }
+
+"$here/build-control-plane.sh" kubelet kube-scheduler containerd
+# runc from Debian's packages; installed only when missing.
+command -v runc >/dev/null || { log "installing runc"; DEBIAN_FRONTEND=noninteractive apt-get install -y -q runc >&2; }
+[[ -x /usr/lib/cni/loopback ]] || { log "installing containernetworking-plugins"; DEBIAN_FRONTEND=noninteractive apt-get install -y -q containernetworking-plugins >&2; }
+images="$("$here/build-images.sh" pause operator workload)"
+image_ref() { awk -v n="$1" -F'[= ]' '$1==n{print $2}' <<<"$images"; }
+image_tar() { awk -v n="$1" '{split($1,a,"="); if (a[1]==n) print $2}' <<<"$images"; }
+
+mkdir -p "$NODE_DIR"/{pids,logs,pki,cni,containerd,kubelet,pod-logs}
+chmod 700 "$NODE_DIR"
+printf '%s\n' "$images" > "$NODE_DIR/images"
+
+# --- the node's own client certificate (system:node:<name>), and its serving certificate ---
+ossl() { openssl "$@" >>"$NODE_DIR/logs/pki.log" 2>&1 || die "openssl $1 failed, see $NODE_DIR/logs/pki.log"; }
+cert() { # name subject ext
+  ossl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$NODE_DIR/pki/$1.key"
+  ossl req -new -key "$NODE_DIR/pki/$1.key" -subj "$2" -out "$NODE_DIR/pki/$1.csr"
+  printf '%b\n' "$3" > "$NODE_DIR/pki/$1.ext"
+  ossl x509 -req -in "$NODE_DIR/pki/$1.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+    -days 365 -extfile "$NODE_DIR/pki/$1.ext" -out "$NODE_DIR/pki/$1.crt"
+  chmod 600 "$NODE_DIR/pki/$1.key"
+}
+cert kubelet-client "/O=system:nodes/CN=system:node:$NODE_NAME" \
+  "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth"
+cert kubelet-serving "/O=system:nodes/CN=system:node:$NODE_NAME" \
+  "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1"
+cat > "$NODE_DIR/kubelet.kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster: {server: "https://127.0.0.1:$API_PORT", certificate-authority: "$pki/ca.crt"}
+users:
+- name: node
+  user: {client-certificate: "$NODE_DIR/pki/kubelet-client.crt", client-key: "$NODE_DIR/pki/kubelet-client.key"}
+contexts:
+- name: local
+  context: {cluster: local, user: node}
+current-context: local
+KC
+
+start() { # name command...
+  local name="$1"; shift
+  log "starting $name (log: $NODE_DIR/logs/$name.log)"
+  setsid "$@" >"$NODE_DIR/logs/$name.log" 2>&1 < /dev/null &
+  echo $! > "$NODE_DIR/pids/$name.pid"
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+# --- containerd ---
+sock="$NODE_DIR/containerd/containerd.sock"
+(( ${#sock} < 100 )) || die "socket path $sock is too long for a unix socket; set NODE_DIR shorter"
+cat > "$NODE_DIR/cni/10-loopback.conflist" <<'CNI'
+{"cniVersion": "1.0.0", "name": "loopback-only", "plugins": [{"type": "loopback"}]}
+CNI
+cat > "$NODE_DIR/containerd/config.toml" <<TOML
+version = 3
+root = "$NODE_DIR/containerd/root"
+state = "$NODE_DIR/containerd/state"
+[grpc]
+  address = "$sock"
+[ttrpc]
+  address = "$sock.ttrpc"
+[plugins.'io.containerd.internal.v1.opt']
+  path = "$NODE_DIR/containerd/opt"
+[plugins.'io.containerd.nri.v1.nri']
+  disable = true
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "$(image_ref pause)"
+[plugins.'io.containerd.cri.v1.runtime']
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = "runc"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = "$(command -v runc)"
+        SystemdCgroup = false
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = "$NODE_DIR/cni"
+[plugins.'io.containerd.grpc.v1.cri']
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+TOML
+PATH="$CTRD:$PATH" start containerd "$CTRD/containerd" --config "$NODE_DIR/containerd/config.toml"
+ctr() { "$CTRD/ctr" --address "$sock" "$@"; }
+deadline=$((SECONDS + 60))
+until ctr version >/dev/null 2>&1; do
+  alive containerd || die "containerd exited, see $NODE_DIR/logs/containerd.log"
+  (( SECONDS < deadline )) || die "containerd not answering after 60s, see $NODE_DIR/logs/containerd.log"
+  sleep 0.5
+done
+for n in pause operator workload; do
+  log "importing $(image_ref $n) into containerd's k8s.io namespace"
+  ctr -n k8s.io images import --no-unpack=false "$(image_tar $n)" >>"$NODE_DIR/logs/import.log" 2>&1 \
+    || die "importing $n failed, see $NODE_DIR/logs/import.log"
+done
+
+# --- kubelet ---
+# cgroup v1: this host mounts only cgroup v1 hierarchies. Since 1.35 the kubelet refuses to start
+# on cgroup v1 unless failCgroupV1 is false. The systemd driver needs a systemd that owns the
+# cgroups (none runs here), so the cgroupfs driver is used, and cgroupRoot gives this node its
+# own subtree in every hierarchy, so other nodes on the host and node-down never touch another's.
+cgroot="/trustwarden-$NODE_NAME-$$"
+echo "$cgroot" > "$NODE_DIR/cgroup-root"
+for h in /sys/fs/cgroup/*/; do [[ -d "$h" && -w "$h" ]] && mkdir -p "$h${cgroot#/}"; done
+KUBELET_PORT="$(free_port)"; HEALTHZ_PORT="$(free_port)"
+cat > "$NODE_DIR/kubelet-config.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: 127.0.0.1
+port: $KUBELET_PORT
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: $HEALTHZ_PORT
+tlsCertFile: $NODE_DIR/pki/kubelet-serving.crt
+tlsPrivateKeyFile: $NODE_DIR/pki/kubelet-serving.key
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $pki/ca.crt}
+authorization: {mode: Webhook}
+failCgroupV1: false
+cgroupDriver: cgroupfs
+cgroupRoot: $cgroot
+failSwapOn: false
+containerRuntimeEndpoint: unix://$sock
+podLogsDir: $NODE_DIR/pod-logs
+staticPodPath: ""
+registerNode: true
+maxPods: 50
+serializeImagePulls: false
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}
+resolvConf: ""
+YAML
+start kubelet "$KUBELET" --config="$NODE_DIR/kubelet-config.yaml" \
+  --kubeconfig="$NODE_DIR/kubelet.kubeconfig" --root-dir="$NODE_DIR/kubelet" \
+  --hostname-override="$NODE_NAME" --node-ip=127.0.0.1 --v=1
+
+# --- kube-scheduler: pods are bound by a scheduler, as in any cluster ---
+cat > "$NODE_DIR/scheduler.kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster: {server: "https://127.0.0.1:$API_PORT", certificate-authority: "$pki/ca.crt"}
+users:
+- name: scheduler
+  user: {client-certificate: "$NODE_DIR/pki/scheduler.crt", client-key: "$NODE_DIR/pki/scheduler.key"}
+contexts:
+- name: local
+  context: {cluster: local, user: scheduler}
+current-context: local
+KC
+cert scheduler "/CN=system:kube-scheduler" \
+  "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth"
+start kube-scheduler "$SCHEDULER" --kubeconfig="$NODE_DIR/scheduler.kubeconfig" \
+  --authentication-kubeconfig="$NODE_DIR/scheduler.kubeconfig" \
+  --authorization-kubeconfig="$NODE_DIR/scheduler.kubeconfig" \
+  --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false --v=1
+
+deadline=$((SECONDS + READY_TIMEOUT))
+until [[ "$(kc get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]; do
+  alive kubelet || die "kubelet exited, see $NODE_DIR/logs/kubelet.log: $(grep -E 'E[0-9]{4}|run.go' "$NODE_DIR/logs/kubelet.log" | tail -3)"
+  alive kube-scheduler || die "kube-scheduler exited, see $NODE_DIR/logs/kube-scheduler.log"
+  (( SECONDS < deadline )) || die "node $NODE_NAME not Ready after ${READY_TIMEOUT}s, see $NODE_DIR/logs/kubelet.log"
+  sleep 1
+done
+log "node $NODE_NAME Ready (kubelet on 127.0.0.1:$KUBELET_PORT, containerd at $sock)"
