@@ -197,7 +197,7 @@ async def drain(engine: Engine, clock: FakeClock, *, rounds: int = 50) -> None:
             if not due:
                 break
             for key in due:
-                await engine._dispatch(key)
+                await engine.dispatch(key)
         for _ in range(5):  # the flush loop runs every half second; run it until nothing is dirty
             await engine.flush()
             if not (engine.dirty_bundles or engine.dirty_revocations or engine.ledger.dirty):

@@ -38,7 +38,7 @@ def test_priming_page_by_page_fills_the_same_caches() -> None:
         assert len([k for k in paged.secrets if k[0] == "shop"]) == 7
         assert paged.pods == whole.pods
         assert paged.secrets == whole.secrets
-        assert paged.pods_by_wid == whole.pods_by_wid
+        assert paged.store.pods_by_wid == whole.store.pods_by_wid
 
     asyncio.run(scenario())
 

@@ -20,7 +20,7 @@ from tests.unit.fakes import (
 )
 from tests.unit.test_reconcile_engine import issued, secret_of
 from trustwarden.reconcile import observed as observed_mod
-from trustwarden.reconcile.engine import LeafTarget
+from trustwarden.reconcile.controllers.leaves.target import LeafTarget
 from trustwarden.reconcile.ports import ConflictError
 
 STATUS_KEY = ("wid", "payments", "api")
@@ -55,7 +55,7 @@ def test_timing_only_status_changes_wait_for_the_interval() -> None:
 
         # Any other change is written at once, timing fields included.
         engine.scheduler.schedule(STATUS_KEY, deadline - timedelta(minutes=2))
-        engine.wid_problems[("payments", "api")] = ("Broken", "for the test")
+        engine.store.problems[("payments", "api")] = ("Broken", "for the test")
         engine.dirty_status.add(STATUS_KEY)
         await engine.flush_status()
         assert kube.calls["patch_status"] == written + 2
@@ -109,7 +109,7 @@ def test_shared_first_issue_posts_no_event_but_a_renewal_does() -> None:
 
 
 def _target() -> LeafTarget:
-    # _refresh_ca reads only where the Secret is.
+    # refresh_ca reads only where the Secret is.
     unused: Any = None
     return LeafTarget(
         key=STATUS_KEY,
@@ -131,7 +131,7 @@ def test_ca_refresh_is_one_conditional_patch_without_a_get() -> None:
         assert before is not None
         data_before = dict(before["data"])  # type: ignore[call-overload]
         gets, patches = kube.calls["get"], kube.calls["patch"]
-        await engine._refresh_ca(_target(), b"NEW ANCHORS")
+        await engine.leaves.issuer.writer.refresh_ca(_target(), b"NEW ANCHORS")
         assert kube.calls["get"] == gets and kube.calls["patch"] == patches + 1
         after = secret_of(kube, "payments", "api-svid")
         assert after is not None
@@ -146,7 +146,7 @@ def test_ca_refresh_is_one_conditional_patch_without_a_get() -> None:
         # Changed behind our back: the precondition fails instead of overwriting it.
         after["metadata"]["resourceVersion"] = "999999"  # type: ignore[index]
         with pytest.raises(ConflictError):
-            await engine._refresh_ca(_target(), b"OTHER ANCHORS")
+            await engine.leaves.issuer.writer.refresh_ca(_target(), b"OTHER ANCHORS")
 
     asyncio.run(scenario())
 
@@ -185,14 +185,14 @@ def test_an_echo_ahead_of_the_write_result_is_not_taken_for_a_change(
 
         monkeypatch.setattr(observed_mod, "inspect_leaf", counting_inspect)
         reconciled: list[object] = []
-        real_dispatch = engine._dispatch
+        real_dispatch = engine.dispatch
 
         async def counting_dispatch(key: Any) -> None:
             if key[0] == "pod" and ("Secret", "shop", f"web-svid-{key[2]}") in kube.objects:
                 reconciled.append(key)  # a pod looked at again after its Secret was written
             await real_dispatch(key)
 
-        monkeypatch.setattr(engine, "_dispatch", counting_dispatch)
+        monkeypatch.setattr(engine, "dispatch", counting_dispatch)
         await drain(engine, clock)
         assert kube.calls["create"] >= 3
         for i in range(3):

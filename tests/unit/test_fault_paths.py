@@ -25,7 +25,8 @@ from tests.unit.fakes import (
     trust_domain,
     workload_identity,
 )
-from trustwarden.reconcile.engine import REPAIRS_BEFORE_BACKOFF, Engine
+from trustwarden.reconcile.controllers.leaves.writing import REPAIRS_BEFORE_BACKOFF
+from trustwarden.reconcile.engine import Engine
 from trustwarden.reconcile.ports import Body
 
 OPNS = "trustwarden-system"

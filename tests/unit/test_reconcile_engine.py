@@ -415,7 +415,7 @@ def test_a_secret_deleted_while_the_operator_was_down_is_revoked_on_resume() -> 
         second.observe_namespace(namespace("shop", {"trustwarden.io/inject": "enabled"}))
         second.observe_namespace(namespace("trustwarden-system"))
         second.observe_trust_domain(trust_domain())
-        second.observe_workload_identity(first.wid_bodies[("shop", "web")])  # type: ignore[arg-type]
+        second.observe_workload_identity(first.store.wid_bodies[("shop", "web")])  # type: ignore[arg-type]
         observe_written(second, kube)
         for key in (("td", "prod"), ("catchup",)):
             second.scheduler.schedule(key, clock())

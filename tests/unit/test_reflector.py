@@ -114,11 +114,11 @@ def test_prune_spares_objects_observed_after_the_listing_began() -> None:
         await issued_pods(kube, clock, 1)
         engine = make_engine(kube, clock)
         await engine.prime()
-        mark = engine._observed_seq
+        mark = engine.store.observed_seq
         engine.observe_pod(_pod(kube, "late", version="50"))  # seen after the mark
-        engine._prune("Pod", None, {("shop", "w0")}, mark)
+        engine.prune("Pod", None, {("shop", "w0")}, mark)
         assert ("shop", "late") in engine.pods
-        engine._prune("Pod", None, {("shop", "w0")}, engine._observed_seq)
+        engine.prune("Pod", None, {("shop", "w0")}, engine.store.observed_seq)
         assert ("shop", "late") not in engine.pods
 
     asyncio.run(scenario())

@@ -56,7 +56,8 @@ def decide(services: Services, request: Mapping[str, Any]) -> Verdict:
         return Verdict(result=None)  # the configuration never sends these: leave them be
     pod = request.get("object") or {}
     namespace = str(request.get("namespace") or (pod.get("metadata") or {}).get("namespace") or "")
-    ns_info = services.engine.namespaces.get(namespace)
+    store = services.engine.store
+    ns_info = store.namespaces.get(namespace)
     if (
         namespace == services.config.operator_namespace
         or ns_info is None
@@ -64,7 +65,7 @@ def decide(services: Services, request: Mapping[str, Any]) -> Verdict:
     ):
         return Verdict(result="skipped")
     engine = services.engine
-    identities = [engine.wids[(namespace, n)] for n in engine.wids_by_ns.get(namespace, ())]
+    identities = store.identities_in(namespace)
     try:
         plan = plan_injection(pod, identities, key=engine.config.admission_key)
     except InjectionRejected as exc:

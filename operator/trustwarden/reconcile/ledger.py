@@ -99,6 +99,29 @@ class Ledger:
             for entry in bucket.values():
                 yield namespace, entry
 
+    def holds(self, namespace: str) -> bool:
+        """Whether any serial of `namespace` is recorded."""
+        return bool(self.entries.get(namespace))
+
+    def dirty_namespaces(self) -> list[str]:
+        """The namespaces changed since their last write (mark each clean as it is written)."""
+        return sorted(self.dirty)
+
+    def mark_clean(self, namespace: str) -> None:
+        self.dirty.discard(namespace)
+
+    def mark_dirty(self, namespace: str) -> None:
+        self.dirty.add(namespace)
+
+    def is_stored(self, namespace: str) -> bool:
+        return namespace in self.stored
+
+    def mark_stored(self, namespace: str, stored: bool = True) -> None:
+        if stored:
+            self.stored.add(namespace)
+        else:
+            self.stored.discard(namespace)
+
     def encode(self, namespace: str) -> str:
         lines = "\n".join(sorted(e.line() for e in self.entries.get(namespace, {}).values()))
         return base64.b64encode(zlib.compress(lines.encode(), 6)).decode()

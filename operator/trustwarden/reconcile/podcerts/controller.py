@@ -82,12 +82,22 @@ class EngineView(Protocol):
 
     config: Any  # an EngineConfig (EngineConfigView)
     started: bool
-    domains: dict[str, DomainRuntime]
-    wids: dict[tuple[str, str], WorkloadIdentitySpec]
-    namespaces: dict[str, NamespaceInfo]
-    dirty_status: set[tuple[str, str, str]]
-    anchor_gates: list[Callable[[DomainRuntime, str], bool]]
     status_extras: Callable[[str, str, str], dict[str, Any] | None] | None
+
+    @property
+    def domains(self) -> dict[str, DomainRuntime]: ...
+
+    @property
+    def wids(self) -> dict[tuple[str, str], WorkloadIdentitySpec]: ...
+
+    @property
+    def namespaces(self) -> dict[str, NamespaceInfo]: ...
+
+    @property
+    def dirty_status(self) -> set[tuple[str, str, str]]: ...
+
+    @property
+    def anchor_gates(self) -> list[Callable[[DomainRuntime, str], bool]]: ...
 
     def domains_loaded(self) -> bool: ...
 

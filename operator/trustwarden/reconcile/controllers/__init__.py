@@ -1,0 +1,1 @@
+"""The controllers of the reconcile engine: each owns one capability over the shared ClusterStore."""

@@ -1,0 +1,1 @@
+"""The CA lifecycle of each TrustDomain: selfSigned, secretRef and external authorities."""

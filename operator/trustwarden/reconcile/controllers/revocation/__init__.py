@@ -1,0 +1,1 @@
+"""Revocation: revoke by ledger entry, release finalizers, catch up after a restart."""
