@@ -81,7 +81,7 @@ build_k8s_cmds() { # cache-component binary...: build k8s.io/kubernetes/cmd/<bin
   local bins=("$@")
   if cached "$component" "$v" "${bins[@]}"; then log "$component $v: cached"; return; fi
   local tmp; tmp="$(mktemp -d "${TMPDIR:-/tmp}/tw-$component-build.XXXXXX")"
-  trap 'rm -rf "$tmp"' RETURN
+  trap 'rm -rf "${tmp:-}"; trap - RETURN' RETURN
   k8s_wrapper "$tmp"
   local ld; ld="$(cat "$tmp/ldflags")"
   mkdir -p "$tmp/out"
@@ -90,7 +90,9 @@ build_k8s_cmds() { # cache-component binary...: build k8s.io/kubernetes/cmd/<bin
     log "$component $v: building $b (several minutes on 2 cores)"
     (cd "$tmp" && go build -mod=mod -p "$BUILD_JOBS" -trimpath -ldflags "$ld" -o "out/$b" "k8s.io/kubernetes/cmd/$b") \
       || die "building $b failed"
-    "$tmp/out/$b" --version 2>/dev/null | grep -q "$v" || die "$b does not report $v"
+    local report=(--version)
+    [[ "$b" == kubectl ]] && report=(version --client)  # kubectl has no --version flag
+    "$tmp/out/$b" "${report[@]}" 2>/dev/null | grep -q "$v" || die "$b does not report $v"
   done
   install_dir "$tmp" "$component" "$v"
 }
@@ -107,7 +109,7 @@ build_containerd() {
   local v="$CONTAINERD_VERSION" bins=(containerd containerd-shim-runc-v2 ctr)
   if cached containerd "$v" "${bins[@]}"; then log "containerd $v: cached"; return; fi
   local tmp; tmp="$(mktemp -d "${TMPDIR:-/tmp}/tw-containerd-build.XXXXXX")"
-  trap 'rm -rf "$tmp"' RETURN
+  trap 'rm -rf "${tmp:-}"; trap - RETURN' RETURN
   mkdir -p "$tmp/out"
   local mod=github.com/containerd/containerd/v2
   local ld="-s -w -X $mod/version.Version=$v -X $mod/version.Revision=module-proxy"
@@ -124,7 +126,7 @@ build_etcd() {
   local v="$ETCD_VERSION"
   if cached etcd "$v" etcd; then log "etcd $v: cached"; return; fi
   local tmp; tmp="$(mktemp -d "${TMPDIR:-/tmp}/tw-etcd-build.XXXXXX")"
-  trap 'rm -rf "$tmp"' RETURN
+  trap 'rm -rf "${tmp:-}"; trap - RETURN' RETURN
   cat > "$tmp/go.mod" <<MOD
 module trustwarden.local/etcd-build
 
@@ -154,7 +156,7 @@ build_helm() {
   local v="$HELM_VERSION"
   if cached helm "$v" helm; then log "helm $v: cached"; return; fi
   local tmp; tmp="$(mktemp -d "${TMPDIR:-/tmp}/tw-helm-build.XXXXXX")"
-  trap 'rm -rf "$tmp"' RETURN
+  trap 'rm -rf "${tmp:-}"; trap - RETURN' RETURN
   log "helm $v: building"
   mkdir -p "$tmp/out"
   (cd "$tmp" && GOBIN="$tmp/out" go install -trimpath \
@@ -170,7 +172,7 @@ build_kwok() {
   local v="$KWOK_VERSION"
   if cached kwok "$v" kwok; then log "kwok $v: cached"; return; fi
   local tmp; tmp="$(mktemp -d "${TMPDIR:-/tmp}/tw-kwok-build.XXXXXX")"
-  trap 'rm -rf "$tmp"' RETURN
+  trap 'rm -rf "${tmp:-}"; trap - RETURN' RETURN
   log "kwok $v: building (about 3 minutes on 2 cores)"
   mkdir -p "$tmp/out"
   (cd "$tmp" && GOBIN="$tmp/out" go install -p "$BUILD_JOBS" -trimpath -ldflags "-s -w" \

@@ -47,6 +47,8 @@ class RenewalAction(StrEnum):
 class RenewalReason(StrEnum):
     NotIssued = "NotIssued"
     Tampered = "Tampered"
+    Unreadable = "Unreadable"  # the Secret's tls.crt/tls.key cannot be parsed at all
+    RevocationRequested = "RevocationRequested"  # `trustwarden revoke`: replace it now
     KeyMismatch = "KeyMismatch"
     Revoked = "Revoked"
     Expired = "Expired"
@@ -342,6 +344,19 @@ CHECKS: tuple[_Check, ...] = (
     _check_chain,
     _check_renew_point,
 )
+
+
+def revocation_requested(request: str, now: datetime) -> RenewalDecision:
+    """A Secret that asks for revocation (``trustwarden revoke``) gets a new key and
+    certificate now, whatever its current one holds."""
+    return RenewalDecision(
+        RenewalAction.renew, RenewalReason.RevocationRequested, f"revoked: {request}", now
+    )
+
+
+def unreadable(error: str, now: datetime) -> RenewalDecision:
+    """A Secret whose certificate or key cannot be read is rewritten now."""
+    return RenewalDecision(RenewalAction.renew, RenewalReason.Unreadable, error, now)
 
 
 def decide_renewal(

@@ -27,7 +27,7 @@ from trustwarden.names import (
 from trustwarden.pki import crl as crl_mod
 from trustwarden.pki import rotation
 from trustwarden.pki._clock import from_rfc3339, to_rfc3339
-from trustwarden.pki.ca import Authority
+from trustwarden.pki.ca import Authority, authority_from_parts
 from trustwarden.pki.errors import PKIError
 from trustwarden.pki.keys import load_private_key, private_key_to_pem
 from trustwarden.reconcile.model import CAKind, TrustDomainSpec
@@ -397,13 +397,11 @@ def decode_authorities(secret_data: Mapping[str, str], now: datetime) -> rotatio
     records = []
     for entry in json.loads(raw["state.json"]):
         kid = str(entry["id"])
-        certs = x509.load_pem_x509_certificates(raw[f"{kid}.crt"])
-        root_pem = raw.get(f"{kid}.root.crt")
-        authority = Authority(
-            certificate=certs[0],
-            private_key=load_private_key(raw[f"{kid}.key"], source=f"CA Secret key {kid}"),
-            chain=tuple(certs[1:]),
-            root=x509.load_pem_x509_certificate(root_pem) if root_pem else certs[0],
+        authority = authority_from_parts(
+            raw[f"{kid}.crt"],
+            load_private_key(raw[f"{kid}.key"], source=f"CA Secret key {kid}"),
+            raw.get(f"{kid}.root.crt"),
+            source=f"CA Secret authority {kid}",
         )
         cross_pem = raw.get(f"{kid}.cross.crt")
         records.append(

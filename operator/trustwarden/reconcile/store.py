@@ -54,6 +54,7 @@ class ClusterStore:
         self.td_bodies: dict[str, Mapping[str, Any]] = {}
         self.domains: dict[str, DomainRuntime] = {}
         self.invalid_domains: set[str] = set()  # TrustDomains whose spec never parsed
+        self.domain_errors: set[str] = set()  # TrustDomains whose current spec does not parse
         self.wids: dict[tuple[str, str], WorkloadIdentitySpec] = {}
         self.wid_bodies: dict[tuple[str, str], Mapping[str, Any]] = {}
         self.wid_errors: dict[tuple[str, str], SpecError] = {}
@@ -119,6 +120,7 @@ class ClusterStore:
 
     def forget_trust_domain(self, name: str) -> Changes:
         previous = self.td_bodies.pop(name, None)
+        self.domain_errors.discard(name)
         changes = Changes()
         changes.run(DomainKey(name))
         self._claims_of(previous, changes)

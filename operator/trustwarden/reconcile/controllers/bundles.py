@@ -86,7 +86,7 @@ class Bundles(Controller):
                 crl = runtime.crl(now)
                 if crl:
                     crls[runtime.trust_domain] = crl
-        return bundle_mod.build_namespace_bundle(anchors, crls, now, sequence)
+        return bundle_mod.NamespaceBundleInput(anchors, crls, sequence).build(now)
 
     async def _sync_bundle(self, namespace: str) -> None:
         info = self.store.namespaces.get(namespace)

@@ -18,9 +18,8 @@ from trustwarden.reconcile.domains import (
 from trustwarden.reconcile.model import (
     CAKind,
     DeliveryMode,
-    SpecError,
-    TrustDomainSpec,
 )
+from trustwarden.reconcile.readiness import IdentityFacts, identity_readiness
 from trustwarden.reconcile.rotation_request import (
     rotation_status,
 )
@@ -55,9 +54,17 @@ class Statuses(Controller):
             kind, namespace, name = status_key
             if kind == "td":
                 return self._domain_status(name)
-            return self._identity_status(namespace, name)
+            status = self._identity_status(namespace, name)
+            if status is not None and "soonestExpiry" in status:
+                self._publish_expiry(namespace, name, status["soonestExpiry"])
+            return status
 
         await self.status.flush(build, final=final)
+
+    def _publish_expiry(self, namespace: str, name: str, soonest: str) -> None:
+        """The one place the per-identity expiry gauge is set: from the status just built."""
+        at = datetime.fromisoformat(soonest)
+        self.metrics.soonest_expiry.labels(namespace=namespace, identity=name).set(at.timestamp())
 
     def _valid_svids(self, runtime: DomainRuntime) -> int:
         """What the CRD promises in status.issued: the SVIDs of this domain that are valid
@@ -119,12 +126,7 @@ class Statuses(Controller):
                     "Published" if complete else "Publishing",
                     f"{len(published)}/{len(namespaces)} namespace bundles hold this domain's anchors",
                 )
-            try:
-                TrustDomainSpec.from_body(body)
-                spec_ok = True
-            except SpecError:
-                spec_ok = False
-            if spec_ok:
+            if name not in self.store.domain_errors:
                 self._set_condition(
                     status_key,
                     "Ready",
@@ -251,43 +253,24 @@ class Statuses(Controller):
         status.update({"selectedPods": selected, "issued": issued, "failed": failed})
         if soonest is not None:
             status["soonestExpiry"] = to_rfc3339(soonest)
-            self.metrics.soonest_expiry.labels(namespace=namespace, identity=name).set(
-                soonest.timestamp()
-            )
         if next_renewal is not None:
             status["nextRenewal"] = to_rfc3339(next_renewal)
-        if problem is not None:
-            reason, message = problem
-            if issued and soonest is not None:
-                # Certificates issued before the problem (e.g. the namespace left the domain's
-                # allowedNamespaces) are kept until they expire, not revoked: a label typo
-                # must not cut a namespace off at once. Say so, and how to cut them off.
-                message += (
-                    f". {issued} certificate(s) issued earlier stay valid until they expire "
-                    f"(soonest {to_rfc3339(soonest)}) and are not renewed; run "
-                    f"`trustwarden revoke -n {namespace} --identity {name} --reason ... --no-wait` "
-                    "to cut them off now"
-                )
-            self._set_condition(status_key, "Ready", False, reason, message)
-            self._set_condition(status_key, "Degraded", True, reason, message)
-        elif first_failure is not None:
-            message = (
-                f"{failed} of {selected} certificate(s) failing; first: {first_failure.message}"
+        answer = identity_readiness(
+            IdentityFacts(
+                namespace=namespace,
+                name=name,
+                problem=problem,
+                selected=selected,
+                issued=issued,
+                failed=failed,
+                first_failure=(
+                    (first_failure.reason, first_failure.message) if first_failure else None
+                ),
+                soonest=soonest,
             )
-            self._set_condition(status_key, "Ready", False, first_failure.reason, message)
-            self._set_condition(status_key, "Degraded", True, first_failure.reason, message)
-        elif issued < selected:
-            message = f"{issued} of {selected} selected workload(s) hold a valid certificate"
-            self._set_condition(status_key, "Ready", False, "Issuing", message)
-            self._set_condition(status_key, "Degraded", False, "Issuing", message)
-        else:
-            message = (
-                f"{issued} certificate(s) valid"
-                if selected
-                else "no pod is selected yet; certificates are issued when pods are created"
-            )
-            self._set_condition(status_key, "Ready", True, "Ready", message)
-            self._set_condition(status_key, "Degraded", False, "Ready", message)
+        )
+        self._set_condition(status_key, "Ready", answer.ready, answer.reason, answer.message)
+        self._set_condition(status_key, "Degraded", answer.degraded, answer.reason, answer.message)
         status["conditions"] = self._conditions_list(status_key, generation)
         return status
 

@@ -59,6 +59,7 @@ class Authorities(Controller):
         try:
             spec = TrustDomainSpec.from_body(body)
         except SpecError as exc:
+            self.store.domain_errors.add(name)  # its status says why; the last spec stays
             runtime = self.store.domains.get(name)
             if runtime is None:
                 self.store.invalid_domains.add(name)  # nothing to load: it must not block the rest
@@ -80,6 +81,7 @@ class Authorities(Controller):
             )
             return
         self.store.invalid_domains.discard(name)
+        self.store.domain_errors.discard(name)
         runtime = self.store.domains.get(name)
         owner = self.store.trust_domain_owner(spec.trust_domain)
         if owner != name:

@@ -10,7 +10,7 @@ from cryptography import x509
 from trustwarden.pki import bundle as bundle_mod
 from trustwarden.pki._clock import to_rfc3339
 from trustwarden.pki.errors import PKIError
-from trustwarden.pki.issue import LeafFacts, LeafRequest, issue_leaf, ttl_cap
+from trustwarden.pki.issue import LeafFacts, issue_leaf
 from trustwarden.pki.renewal import (
     DesiredLeaf,
     RenewalAction,
@@ -18,11 +18,12 @@ from trustwarden.pki.renewal import (
     RenewalReason,
     decide_renewal,
     renew_point,
+    revocation_requested,
+    unreadable,
 )
 from trustwarden.pki.spiffe import (
-    SpiffeID,
     render_dns_names,
-    render_spiffe_path,
+    render_spiffe_id,
 )
 from trustwarden.reconcile.controllers.base import (
     Context,
@@ -143,19 +144,12 @@ class Issuer(Controller):
                     f"is not one trustwarden issued to {target.owner.kind} {target.owner.name}; "
                     "nothing was revoked. Issuing a replacement",
                 )
-            decision = RenewalDecision(
-                RenewalAction.renew, RenewalReason.Tampered, f"revoked: {reason}", now
-            )
+            decision = revocation_requested(reason, now)
             ca_pem = self._ca_pem_for(target.wid, target.domain)
             await self._issue(target, desired, decision, observed, ca_pem, per_pod=per_pod)
             return
         if observed is not None and facts is None:
-            decision = RenewalDecision(
-                RenewalAction.renew,
-                RenewalReason.Tampered,
-                observed.facts_error or "unreadable",
-                now,
-            )
+            decision = unreadable(observed.facts_error or "unreadable", now)
         else:
             decision = self._decide(
                 target,
@@ -189,6 +183,7 @@ class Issuer(Controller):
         # doing that (another controller, a GitOps prune), back off instead of a tight loop.
         edited = observed is not None and decision.reason in (
             RenewalReason.Tampered,
+            RenewalReason.Unreadable,
             RenewalReason.KeyMismatch,
         )
         recreating = observed is None and (
@@ -222,7 +217,7 @@ class Issuer(Controller):
 
     def _desired_leaf(self, target: LeafTarget) -> DesiredLeaf:
         spec = target.wid
-        path = render_spiffe_path(spec.spiffe_template, target.context)
+        spiffe_id = render_spiffe_id(spec.spiffe_template, target.context)
         dns = (
             tuple(render_dns_names(spec.dns_templates, target.context))
             if spec.dns_templates
@@ -233,9 +228,10 @@ class Issuer(Controller):
         active = target.domain.active()
         assert active is not None
         return DesiredLeaf(
-            spiffe_id=SpiffeID(target.domain.trust_domain, path),
+            spiffe_id=spiffe_id,
             dns_names=dns,
-            ttl=min(spec.ttl, ttl_cap(target.domain.spec.max_ttl, active.lifetime)),
+            ttl=spec.ttl,
+            max_ttl=target.domain.spec.max_ttl,
             key_algorithm=spec.key_algorithm,
             usages=spec.usages,
             renew_at=spec.renew_at,
@@ -309,13 +305,7 @@ class Issuer(Controller):
         started = time.perf_counter()
         authority = target.domain.active()
         assert authority is not None
-        request = LeafRequest(
-            spiffe_id=desired.spiffe_id,
-            dns_names=desired.dns_names,
-            ttl=desired.ttl,
-            key_algorithm=desired.key_algorithm,
-            usages=desired.usages,
-        )
+        request = desired.to_request(authority.lifetime)
         now = self.clock()
         leaf = issue_leaf(authority, request, now, cross_chain_pem=target.domain.cross_chain_pem())
         renew_at = renew_point(
