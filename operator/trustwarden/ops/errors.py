@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from trustwarden.reconcile import ports
+
 CRD_HINT = "install the CRDs: kubectl apply -f deploy/crds/"
 
 
@@ -11,8 +13,8 @@ class OpsError(Exception):
     exit_code = 1
 
 
-class NotFoundError(OpsError):
-    """A named object does not exist."""
+class NotFoundError(OpsError, ports.NotFoundError):
+    """A named object does not exist (the port's NotFoundError, with a message to act on)."""
 
 
 class CRDMissingError(OpsError):
@@ -23,8 +25,8 @@ class ForbiddenError(OpsError):
     """RBAC denied a request; the message names the verb and resource needed."""
 
 
-class ConflictError(OpsError):
-    """The object changed between read and write."""
+class ConflictError(OpsError, ports.ConflictError):
+    """The object changed between read and write (the port's ConflictError, for the CLI)."""
 
 
 class UnreachableError(OpsError):

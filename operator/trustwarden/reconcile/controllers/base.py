@@ -16,14 +16,15 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from trustwarden.metrics import Metrics
-from trustwarden.names import API_VERSION, MANAGED_BY, MANAGER, ROLE_LABEL
+from trustwarden.names import API_VERSION
 from trustwarden.reconcile.domains import DomainRuntime
 from trustwarden.reconcile.events import EventRecorder
 from trustwarden.reconcile.ledger import LedgerEntry
 from trustwarden.reconcile.model import WorkloadIdentitySpec
 from trustwarden.reconcile.observed import SecretInfo
-from trustwarden.reconcile.ports import ConflictError, KubePort, ObjectRef
+from trustwarden.reconcile.ports import KubePort, ObjectRef
 from trustwarden.reconcile.settings import EngineConfig
+from trustwarden.reconcile.state_objects import upsert_state
 from trustwarden.reconcile.status import StatusWriter
 from trustwarden.reconcile.store import ClusterStore
 from trustwarden.reconcile.work import Changes, DomainStatusKey, IdentityKey
@@ -131,26 +132,17 @@ class Controller:
         payload: dict[str, Any],
         exists: bool,
     ) -> Mapping[str, Any]:
-        """Write one of our state objects in the operator namespace: create it, or replace
-        it when it is known to exist (or a create finds it there)."""
-        opns = self.config.operator_namespace
-        body: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": kind,
-            "metadata": {
-                "name": name,
-                "namespace": opns,
-                "labels": {MANAGED_BY: MANAGER, ROLE_LABEL: role},
-                "annotations": annotations,
-            },
-            **payload,
-        }
-        if exists:
-            return await self.kube.replace(kind, opns, name, body)
-        try:
-            return await self.kube.create(kind, opns, body)
-        except ConflictError:
-            return await self.kube.replace(kind, opns, name, body)
+        """Write one of our state objects in the operator namespace."""
+        return await upsert_state(
+            self.kube,
+            self.config.operator_namespace,
+            kind,
+            name,
+            role=role,
+            annotations=annotations,
+            payload=payload,
+            exists=exists,
+        )
 
     async def _pod_lives(
         self, namespace: str, name: str, uid: str, *, terminating_lives: bool = False

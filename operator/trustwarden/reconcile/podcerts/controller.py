@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from trustwarden.metrics import Metrics
-from trustwarden.names import MANAGED_BY, MANAGER, NAMESPACE_ANNOTATION, ROLE_LABEL
+from trustwarden.names import API_VERSION, MANAGED_BY, MANAGER
 from trustwarden.pki._clock import to_rfc3339
 from trustwarden.pki._x509util import sha256_hex
 from trustwarden.reconcile import podcert
@@ -49,6 +49,7 @@ from trustwarden.reconcile.ports import (
 )
 from trustwarden.reconcile.reflector import Key, Reflector, key_of
 from trustwarden.reconcile.scheduler import utcnow
+from trustwarden.reconcile.state_objects import write_dirty_ledgers
 
 log = logging.getLogger("trustwarden.podcerts")
 
@@ -527,7 +528,7 @@ class PodCertificates:
             with contextlib.suppress(Exception):
                 await self.kube.emit_event(
                     ObjectRef(
-                        "trustwarden.io/v1alpha1",
+                        API_VERSION,
                         "WorkloadIdentity",
                         refusal.identity.name,
                         refusal.identity.namespace,
@@ -550,38 +551,14 @@ class PodCertificates:
 
     async def flush_ledger(self) -> None:
         self.ledger.prune(self.clock())
-        opns = self.engine.config.operator_namespace
-        for namespace in list(self.ledger.dirty):
-            self.ledger.dirty.discard(namespace)
-            name = ledger_name(namespace)
-            try:
-                if not self.ledger.entries.get(namespace):
-                    if namespace in self.ledger.stored:
-                        await self.kube.delete("ConfigMap", opns, name)
-                        self.ledger.stored.discard(namespace)
-                    continue
-                body = {
-                    "apiVersion": "v1",
-                    "kind": "ConfigMap",
-                    "metadata": {
-                        "name": name,
-                        "namespace": opns,
-                        "labels": {MANAGED_BY: MANAGER, ROLE_LABEL: LEDGER_ROLE},
-                        "annotations": {NAMESPACE_ANNOTATION: namespace},
-                    },
-                    "binaryData": {LEDGER_KEY: self.ledger.encode(namespace)},
-                }
-                if namespace in self.ledger.stored:
-                    await self.kube.replace("ConfigMap", opns, name, body)
-                else:
-                    try:
-                        await self.kube.create("ConfigMap", opns, body)
-                    except ConflictError:
-                        await self.kube.replace("ConfigMap", opns, name, body)
-                self.ledger.stored.add(namespace)
-            except Exception:
-                self.ledger.dirty.add(namespace)
-                raise
+        await write_dirty_ledgers(
+            self.kube,
+            self.ledger,
+            self.engine.config.operator_namespace,
+            name_of=ledger_name,
+            role=LEDGER_ROLE,
+            log=log,
+        )
 
     async def _bundle_loop(self) -> None:
         while True:

@@ -6,14 +6,13 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from trustwarden.names import (
-    NAMESPACE_ANNOTATION,
     REVOKE_FINALIZER,
 )
 from trustwarden.reconcile.controllers.base import (
     Context,
 )
 from trustwarden.reconcile.controllers.revocation.lists import RevocationLists
-from trustwarden.reconcile.ledger import LEDGER_KEY, LedgerEntry, ledger_name
+from trustwarden.reconcile.ledger import LedgerEntry, ledger_name
 from trustwarden.reconcile.model import (
     WorkloadIdentitySpec,
 )
@@ -21,6 +20,7 @@ from trustwarden.reconcile.observed import (
     SecretInfo,
 )
 from trustwarden.reconcile.ports import NotFoundError
+from trustwarden.reconcile.state_objects import write_dirty_ledgers
 from trustwarden.reconcile.work import (
     CATCH_UP,
     GoneKey,
@@ -267,24 +267,6 @@ class Revocation(RevocationLists):
             facts.serial, info.owner_uids[0], facts.not_after, runtime.name, issuer.sha256
         )
 
-    async def write_ledger(self, namespace: str) -> None:
-        name = ledger_name(namespace)
-        ledger = self.store.ledger
-        if not ledger.holds(namespace):
-            if ledger.is_stored(namespace):
-                await self.kube.delete("ConfigMap", self.config.operator_namespace, name)
-                ledger.mark_stored(namespace, False)
-            return
-        await self._upsert_state(
-            "ConfigMap",
-            name,
-            role="ledger",
-            annotations={NAMESPACE_ANNOTATION: namespace},
-            payload={"binaryData": {LEDGER_KEY: ledger.encode(namespace)}},
-            exists=ledger.is_stored(namespace),
-        )
-        ledger.mark_stored(namespace)
-
     async def flush(self, *, final: bool = False) -> None:
         """Store the dirty revocation lists, release the held Secrets whose serials they now
         hold, and write the ledger when due (at once when `final`)."""
@@ -313,12 +295,12 @@ class Revocation(RevocationLists):
         if not ledger_due:
             return
         self._ledger_flushed_at = now
-        ledger = self.store.ledger
-        ledger.prune(now)
-        for namespace in ledger.dirty_namespaces():
-            ledger.mark_clean(namespace)
-            try:
-                await self.write_ledger(namespace)
-            except Exception as exc:
-                ledger.mark_dirty(namespace)
-                log.warning("ledger for namespace %s not written: %s", namespace, exc)
+        self.store.ledger.prune(now)
+        await write_dirty_ledgers(
+            self.kube,
+            self.store.ledger,
+            self.config.operator_namespace,
+            name_of=ledger_name,
+            role="ledger",
+            log=log,
+        )
