@@ -33,12 +33,14 @@ def run_command(
     lease_duration: float,
     extra_args: Sequence[str] = (),
     prefix: Sequence[str] = (TRUSTWARDEN,),
+    local: bool = True,
 ) -> list[str]:
-    """`trustwarden run --local` as the e2e suites start it: their own ports, no health port."""
+    """`trustwarden run --local` as the e2e suites and the benchmarks start it: their own
+    ports, no health port. Without `local`, as the chart runs it (a webhook Service)."""
     return [
         *prefix,
         "run",
-        "--local",
+        *(["--local"] if local else []),
         "--kubeconfig",
         str(kubeconfig),
         "--namespace",
@@ -76,19 +78,27 @@ class OperatorProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.identity = f"{name}-{self.metrics_port}"
 
+    def command(
+        self, *, lease_duration: float = 6, extra: Sequence[str] = (), local: bool = True
+    ) -> list[str]:
+        """This replica's command line: its ports and identity, then `extra`, then the
+        extra_args it was made with."""
+        return run_command(
+            self.kubeconfig,
+            namespace=self.namespace,
+            metrics_port=self.metrics_port,
+            webhook_port=self.webhook_port,
+            identity=self.identity,
+            lease_duration=lease_duration,
+            extra_args=(*extra, *self.extra_args),
+            local=local,
+        )
+
     def start(self) -> OperatorProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            run_command(
-                self.kubeconfig,
-                namespace=self.namespace,
-                metrics_port=self.metrics_port,
-                webhook_port=self.webhook_port,
-                identity=self.identity,
-                lease_duration=6,
-                extra_args=self.extra_args,
-            ),
+            self.command(),
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

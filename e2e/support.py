@@ -18,6 +18,8 @@ from cryptography import x509
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from e2e.bodies import identity_body, trust_domain_body
+
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
@@ -272,35 +274,24 @@ def apply_yaml(
     return cluster.kubectl("apply", *extra, "-f", "-", check=check, input_text=text)
 
 
+def apply_body(cluster: Cluster, body: dict[str, Any]) -> None:
+    """kubectl apply one object built by e2e/bodies.py."""
+    apply_yaml(cluster, json.dumps(body))
+
+
 def apply_identity(cluster: Cluster, namespace: str, name: str, domain: str, **spec: Any) -> None:
     """Apply a WorkloadIdentity: spec.trustDomain plus `spec` (API field names)."""
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "WorkloadIdentity",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"trustDomain": domain, **spec},
-    }
-    apply_yaml(cluster, json.dumps(body))
+    apply_body(cluster, identity_body(namespace, name, domain, **spec))
 
 
 @contextmanager
 def trust_domain(
-    cluster: Cluster, ca_yaml: str = "{selfSigned: {}}", *, extra: str = ""
+    cluster: Cluster, ca: dict[str, Any] | None = None, **spec: Any
 ) -> Iterator[tuple[str, str]]:
-    """A TrustDomain with a unique name; yields (object name, SPIFFE trust domain name)."""
+    """A TrustDomain with a unique name (`spec` fields by API name); yields (object name,
+    SPIFFE trust domain name)."""
     name = unique("td")
-    apply_yaml(
-        cluster,
-        f"""
-apiVersion: trustwarden.io/v1alpha1
-kind: TrustDomain
-metadata: {{name: {name}}}
-spec:
-  trustDomain: {name}.example.org
-  ca: {ca_yaml}
-{extra}
-""",
-    )
+    apply_body(cluster, trust_domain_body(name, ca=ca, **spec))
     try:
         yield name, f"{name}.example.org"
     finally:

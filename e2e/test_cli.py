@@ -18,12 +18,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from kubernetes import client
 
+from e2e.bodies import identity_body, shared_identity_body, trust_domain_body
 from e2e.operator import TRUSTWARDEN, OperatorProcess
 from e2e.support import (
     GROUP,
     VERSION,
     Cluster,
-    apply_yaml,
+    apply_body,
     bundle_data,
     custom,
     get_td,
@@ -63,17 +64,9 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 @pytest.fixture
 def domain(cluster: Cluster, operator: OperatorProcess) -> Iterator[tuple[str, str]]:
     name = unique("td")
-    apply_yaml(
+    apply_body(
         cluster,
-        f"""
-apiVersion: trustwarden.io/v1alpha1
-kind: TrustDomain
-metadata: {{name: {name}}}
-spec:
-  trustDomain: {name}.example.org
-  ca: {{selfSigned: {{ttl: 2160h}}}}
-  policy: {{maxTTL: 24h}}
-""",
+        trust_domain_body(name, ca={"selfSigned": {"ttl": "2160h"}}, policy={"maxTTL": "24h"}),
     )
     wait_condition(lambda: get_td(cluster, name), "Ready", "True")
     yield name, f"{name}.example.org"
@@ -83,20 +76,17 @@ spec:
 def shared_identity(
     cluster: Cluster, namespace: str, domain: str, name: str = "api"
 ) -> dict[str, bytes]:
-    apply_yaml(
+    apply_body(
         cluster,
-        f"""
-apiVersion: trustwarden.io/v1alpha1
-kind: WorkloadIdentity
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  trustDomain: {domain}
-  delivery: {{mode: Shared, secretName: {name}-svid}}
-  serviceAccountName: {name}
-  ttl: 1h
-  usages: [server, client]
-  owner: team-payments@example.org
-""",
+        shared_identity_body(
+            namespace,
+            name,
+            domain,
+            serviceAccountName=name,
+            ttl="1h",
+            usages=["server", "client"],
+            owner="team-payments@example.org",
+        ),
     )
     wait_condition(lambda: get_wid(cluster, namespace, name), "Ready", "True")
     wait_for(lambda: bundle_data(cluster, namespace), timeout=30, what="the namespace bundle")
@@ -294,18 +284,16 @@ def test_revoke_pod_and_serial(
 ) -> None:
     name, trust_domain = domain
     with cluster.namespace(prefix="tw-cli-pod", labels=INJECT) as namespace:
-        apply_yaml(
+        apply_body(
             cluster,
-            f"""
-apiVersion: trustwarden.io/v1alpha1
-kind: WorkloadIdentity
-metadata: {{name: worker, namespace: {namespace}}}
-spec:
-  trustDomain: {name}
-  podSelector: {{matchLabels: {{app: worker}}}}
-  ttl: 1h
-  owner: team-worker@example.org
-""",
+            identity_body(
+                namespace,
+                "worker",
+                name,
+                podSelector={"matchLabels": {"app": "worker"}},
+                ttl="1h",
+                owner="team-worker@example.org",
+            ),
         )
         wait_condition(lambda: get_wid(cluster, namespace, "worker"), "Ready", "True")
         pods = []

@@ -11,6 +11,7 @@ trustwarden_certificates_issued_total says is exactly one per identity.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
@@ -23,12 +24,14 @@ from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
+from e2e.bodies import shared_identity_body, trust_domain_body
 from e2e.conftest import OperatorSlot
 from e2e.operator import OperatorProcess
 from e2e.support import (
     GROUP,
     VERSION,
     Cluster,
+    apply_body,
     apply_yaml,
     custom,
     get_wid,
@@ -108,14 +111,7 @@ class SecretWrites:
 
 def identities_yaml(namespace: str, domain: str, names: list[str]) -> str:
     return "\n---\n".join(
-        f"""apiVersion: trustwarden.io/v1alpha1
-kind: WorkloadIdentity
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  trustDomain: {domain}
-  delivery: {{mode: Shared, secretName: {name}-svid}}
-  ttl: 1h"""
-        for name in names
+        json.dumps(shared_identity_body(namespace, name, domain, ttl="1h")) for name in names
     )
 
 
@@ -139,17 +135,7 @@ def pair(
         cluster.namespace(prefix="tw-ha-op") as operator_ns,
         cluster.namespace(prefix="tw-ha") as workload_ns,
     ):
-        apply_yaml(
-            cluster,
-            f"""
-apiVersion: trustwarden.io/v1alpha1
-kind: TrustDomain
-metadata: {{name: {domain}}}
-spec:
-  trustDomain: {domain}.example.org
-  ca: {{selfSigned: {{}}}}
-""",
-        )
+        apply_body(cluster, trust_domain_body(domain))
         # Served only for this namespace; two issuers at a time make the burst last long
         # enough to kill the leader in its middle.
         args = (

@@ -34,7 +34,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from e2e.conftest import OperatorSlot
-from e2e.operator import TRUSTWARDEN, OperatorProcess
+from e2e.operator import OperatorProcess
 from e2e.support import REPO, Cluster, helm_path, wait_for
 
 CHART = REPO / "deploy" / "helm" / "trustwarden"
@@ -163,40 +163,10 @@ class ChartOperator(OperatorProcess):
         )
         self.webhook_service = webhook_service
 
-    def start(self) -> ChartOperator:
+    def command(self, **_: Any) -> list[str]:
         if self.webhook_service is None:
-            super().start()
-            return self
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    TRUSTWARDEN,
-                    "run",
-                    "--kubeconfig",
-                    str(self.kubeconfig),
-                    "--namespace",
-                    self.namespace,
-                    "--webhook-service",
-                    self.webhook_service,
-                    "--metrics-port",
-                    str(self.metrics_port),
-                    "--health-port",
-                    "0",
-                    "--webhook-port",
-                    str(self.webhook_port),
-                    "--identity",
-                    self.identity,
-                    "--lease-duration",
-                    "6",
-                    *self.extra_args,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                start_new_session=True,
-            )
-        return self
+            return super().command()
+        return super().command(extra=("--webhook-service", self.webhook_service), local=False)
 
     def forbidden(self) -> list[str]:
         """Log lines that say the API refused a request for lack of permission."""

@@ -48,7 +48,7 @@ class Domain:
 
 @pytest.fixture
 def domain(cluster: Cluster, operator: OperatorProcess) -> Iterator[Domain]:
-    with trust_domain(cluster, "{selfSigned: {ttl: 2160h}}", extra="  policy: {maxTTL: 24h}") as (
+    with trust_domain(cluster, {"selfSigned": {"ttl": "2160h"}}, policy={"maxTTL": "24h"}) as (
         name,
         td,
     ):

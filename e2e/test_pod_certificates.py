@@ -155,7 +155,7 @@ def env(
     other = make_node(cluster, admin, tmp, server)
     with (
         cluster.namespace("tw-podcert") as namespace,
-        trust_domain(cluster, extra="  policy: {maxTTL: 24h}") as (domain, td),
+        trust_domain(cluster, policy={"maxTTL": "24h"}) as (domain, td),
     ):
         apply_identity(
             cluster,

@@ -25,12 +25,13 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
+from e2e.bodies import identity_body, shared_identity_body, trust_domain_body
 from e2e.conftest import OperatorSlot
 from e2e.support import (
     GROUP,
     VERSION,
     Cluster,
-    apply_yaml,
+    apply_body,
     bundle_data,
     custom,
     get_td,
@@ -122,17 +123,11 @@ def env(
             kubeconfig = service_account_kubeconfig(
                 cluster, namespace, fullname, tmp / "sa.kubeconfig"
             )
-            apply_yaml(
+            apply_body(
                 cluster,
-                f"""
-apiVersion: trustwarden.io/v1alpha1
-kind: TrustDomain
-metadata: {{name: {domain}}}
-spec:
-  trustDomain: {domain}.example.org
-  ca: {{selfSigned: {{ttl: 2160h}}}}
-  policy: {{maxTTL: 24h}}
-""",
+                trust_domain_body(
+                    domain, ca={"selfSigned": {"ttl": "2160h"}}, policy={"maxTTL": "24h"}
+                ),
             )
             operator = ChartOperator(
                 kubeconfig,
@@ -195,18 +190,9 @@ def _narrow_webhook(cluster: Cluster, name: str, release: str) -> None:
 
 
 def _shared_identity(cluster: Cluster, env: Env, name: str) -> None:
-    apply_yaml(
+    apply_body(
         cluster,
-        f"""
-apiVersion: trustwarden.io/v1alpha1
-kind: WorkloadIdentity
-metadata: {{name: {name}, namespace: {env.shared_ns}}}
-spec:
-  trustDomain: {env.domain}
-  delivery: {{mode: Shared, secretName: {name}-svid}}
-  serviceAccountName: {name}
-  ttl: 1h
-""",
+        shared_identity_body(env.shared_ns, name, env.domain, serviceAccountName=name, ttl="1h"),
     )
 
 
@@ -277,17 +263,11 @@ def test_deleting_an_identity_revokes_its_certificate(
 
 
 def test_per_pod_identity_is_injected_and_issued(cluster: Cluster, env: Env) -> None:
-    apply_yaml(
+    apply_body(
         cluster,
-        f"""
-apiVersion: trustwarden.io/v1alpha1
-kind: WorkloadIdentity
-metadata: {{name: web, namespace: {env.pod_ns}}}
-spec:
-  trustDomain: {env.domain}
-  podSelector: {{matchLabels: {{app: web}}}}
-  ttl: 1h
-""",
+        identity_body(
+            env.pod_ns, "web", env.domain, podSelector={"matchLabels": {"app": "web"}}, ttl="1h"
+        ),
     )
     wait_condition(lambda: get_wid(cluster, env.pod_ns, "web"), "Ready", "True", timeout=60)
     pod = cluster.core.create_namespaced_pod(
@@ -333,17 +313,15 @@ def test_pod_certificate_is_signed_under_the_chart_rbac(
     admin = pc.Client(server, pki / "ca.crt", pki / "admin.crt", pki / "admin.key")
     node = pc.make_node(cluster, admin, tmp_path, server)
     try:
-        apply_yaml(
+        apply_body(
             cluster,
-            f"""
-apiVersion: trustwarden.io/v1alpha1
-kind: WorkloadIdentity
-metadata: {{name: pc, namespace: {env.shared_ns}}}
-spec:
-  trustDomain: {env.domain}
-  podSelector: {{matchLabels: {{app: pc}}}}
-  delivery: {{mode: PodCertificate}}
-""",
+            identity_body(
+                env.shared_ns,
+                "pc",
+                env.domain,
+                podSelector={"matchLabels": {"app": "pc"}},
+                delivery={"mode": "PodCertificate"},
+            ),
         )
         penv = pc.Env(
             cluster,

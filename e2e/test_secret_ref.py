@@ -7,12 +7,13 @@ from pathlib import Path
 
 from cryptography import x509
 
+from e2e.bodies import shared_identity_body, trust_domain_body
 from e2e.operator import OperatorProcess
 from e2e.support import (
     GROUP,
     VERSION,
     Cluster,
-    apply_yaml,
+    apply_body,
     bundle_data,
     custom,
     get_td,
@@ -52,30 +53,15 @@ def test_secret_ref_ca_swap_has_no_trust_gap(
     ca_a, key_a = make_test_ca("corp CA A")
     ca_b, key_b = make_test_ca("corp CA B")
     cluster.core.create_namespaced_secret(OPERATOR_NS, ca_secret_body(secret_name, ca_a, key_a))
-    apply_yaml(
+    apply_body(
         cluster,
-        f"""
-apiVersion: trustwarden.io/v1alpha1
-kind: TrustDomain
-metadata: {{name: {td}}}
-spec:
-  trustDomain: {td}.example.com
-  ca: {{secretRef: {{name: {secret_name}}}}}
-""",
+        trust_domain_body(
+            td, trust_domain=f"{td}.example.com", ca={"secretRef": {"name": secret_name}}
+        ),
     )
     try:
         wait_condition(lambda: get_td(cluster, td), "Ready", "True")
-        apply_yaml(
-            cluster,
-            f"""
-apiVersion: trustwarden.io/v1alpha1
-kind: WorkloadIdentity
-metadata: {{name: api, namespace: {namespace}}}
-spec:
-  trustDomain: {td}
-  delivery: {{mode: Shared, secretName: api-svid}}
-""",
-        )
+        apply_body(cluster, shared_identity_body(namespace, "api", td))
         first = wait_for(
             lambda: secret_data(cluster, namespace, "api-svid"), timeout=60, what="the first SVID"
         )

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from e2e.bodies import identity_body, shared_identity_body, trust_domain_body
 from kubernetes import client
 
 RUN_LABEL = "bench.trustwarden.io/run"
@@ -36,48 +37,36 @@ def ignore_conflict(fn: Callable[[], Any]) -> None:
 
 
 def trust_domain(name: str, trust_domain_name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrustDomain",
-        "metadata": {"name": name},
-        "spec": {"trustDomain": trust_domain_name, "ca": {"selfSigned": {}}},
-    }
+    return trust_domain_body(name, trust_domain=trust_domain_name)
 
 
 def per_pod_identity(namespace: str, domain: str, *, ttl: str, renew_at: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "WorkloadIdentity",
-        "metadata": {"name": "app", "namespace": namespace},
-        "spec": {
-            "trustDomain": domain,
-            "podSelector": {"matchLabels": {"app": "bench"}},
-            "spiffeID": "/ns/{namespace}/sa/{serviceAccount}",
-            "dnsNames": ["{pod.name}.{namespace}.pod"],
-            "ttl": ttl,
-            "renewAt": renew_at,
-            "keyAlgorithm": "ECDSAP256",
-            "owner": "bench@example.org",
-        },
-    }
+    return identity_body(
+        namespace,
+        "app",
+        domain,
+        podSelector={"matchLabels": {"app": "bench"}},
+        spiffeID="/ns/{namespace}/sa/{serviceAccount}",
+        dnsNames=["{pod.name}.{namespace}.pod"],
+        ttl=ttl,
+        renewAt=renew_at,
+        keyAlgorithm="ECDSAP256",
+        owner="bench@example.org",
+    )
 
 
 def shared_identity(namespace: str, name: str, domain: str, *, ttl: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "WorkloadIdentity",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "trustDomain": domain,
-            "delivery": {"mode": "Shared", "secretName": f"{name}-svid"},
-            "serviceAccountName": name,
-            "dnsNames": [f"{name}.{{namespace}}.svc"],
-            "ttl": ttl,
-            "keyAlgorithm": "ECDSAP256",
-            "usages": ["server", "client"],
-            "owner": "bench@example.org",
-        },
-    }
+    return shared_identity_body(
+        namespace,
+        name,
+        domain,
+        serviceAccountName=name,
+        dnsNames=[f"{name}.{{namespace}}.svc"],
+        ttl=ttl,
+        keyAlgorithm="ECDSAP256",
+        usages=["server", "client"],
+        owner="bench@example.org",
+    )
 
 
 def certificate(

@@ -6,20 +6,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-TRUSTWARDEN = str(Path(sys.executable).with_name("trustwarden"))
+from e2e.operator import free_port, run_command
+
 PY_SPY = str(Path(sys.executable).with_name("py-spy"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Process:
@@ -91,23 +85,14 @@ class Operator(Process):
 
     def start(self) -> Operator:
         self._spawn(
-            [
-                TRUSTWARDEN,
-                "run",
-                "--local",
-                "--kubeconfig",
-                str(self.kubeconfig),
-                "--namespace",
-                self.namespace,
-                "--metrics-port",
-                str(self.metrics_port),
-                "--health-port",
-                "0",
-                "--webhook-port",
-                str(free_port()),
-                "--identity",
-                f"bench-{self.metrics_port}",
-            ],
+            run_command(
+                self.kubeconfig,
+                namespace=self.namespace,
+                metrics_port=self.metrics_port,
+                webhook_port=free_port(),
+                identity=f"bench-{self.metrics_port}",
+                lease_duration=15,  # the CLI's default
+            ),
             {"PYTHONUNBUFFERED": "1"},
         )
         return self

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from e2e.bodies import trust_domain_body
 from e2e.reliability.controlplane import OPERATOR_NAMESPACE, ControlPlane
 from e2e.reliability.harness import INJECT, Operator, Results, SecretRecorder
 from e2e.reliability.invariants import Invariants
-from e2e.support import REPO, Cluster, apply_yaml, get_td, unique, wait_condition
+from e2e.support import REPO, Cluster, apply_body, get_td, unique, wait_condition
 
 HERE = Path(__file__).resolve().parent
 STATE = HERE / ".state"
@@ -145,17 +146,14 @@ def operator(slot: OperatorSlot) -> Operator:
 @pytest.fixture(scope="session")
 def suite_domain(cluster: Cluster, slot: OperatorSlot) -> str:
     slot.ensure()
-    apply_yaml(
+    apply_body(
         cluster,
-        f"""
-apiVersion: trustwarden.io/v1alpha1
-kind: TrustDomain
-metadata: {{name: {SUITE_DOMAIN}}}
-spec:
-  trustDomain: {SUITE_TRUST_DOMAIN}
-  ca: {{selfSigned: {{ttl: 2160h}}}}
-  policy: {{maxTTL: 24h}}
-""",
+        trust_domain_body(
+            SUITE_DOMAIN,
+            trust_domain=SUITE_TRUST_DOMAIN,
+            ca={"selfSigned": {"ttl": "2160h"}},
+            policy={"maxTTL": "24h"},
+        ),
     )
     wait_condition(lambda: get_td(cluster, SUITE_DOMAIN), "Ready", "True", timeout=60)
     return SUITE_DOMAIN

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from e2e.operator import TRUSTWARDEN, free_port, run_command
+from e2e.operator import OperatorProcess
 from e2e.support import REPO, Cluster, wait_for
 
 MANAGED = "app.kubernetes.io/managed-by=trustwarden"
@@ -36,9 +35,10 @@ INJECT = {"trustwarden.io/inject": "enabled"}
 # ----------------------------------------------------------------------------- the operator
 
 
-class Operator:
+class Operator(OperatorProcess):
     """`trustwarden run --local` as a child process with fixed ports, so that it can be killed
-    and started again as the same replica (same webhook URL, same metrics port)."""
+    and started again as the same replica (same webhook URL, same metrics port), optionally
+    supervised as a Deployment would restart it."""
 
     def __init__(
         self,
@@ -51,17 +51,12 @@ class Operator:
         lease_duration: float = 15,
         ca_recovery_grace: float | None = None,
     ) -> None:
-        self.kubeconfig = kubeconfig
-        self.namespace = namespace
+        super().__init__(
+            kubeconfig, namespace=namespace, log_dir=log_dir, extra_args=extra_args, name=name
+        )
         self.name = name
-        self.extra_args = extra_args
         self.lease_duration = lease_duration
         self.ca_recovery_grace = ca_recovery_grace
-        self.metrics_port = free_port()
-        self.webhook_port = free_port()
-        self.identity = f"{name}-{self.metrics_port}"
-        self.log_path = log_dir / f"{self.identity}.log"
-        self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self._log_offset = 0
         self._supervisor: threading.Thread | None = None
@@ -70,20 +65,11 @@ class Operator:
         self.lives: list[list[float | None]] = []  # [started, ended] per process, wall clock
         self._lock = threading.Lock()
 
-    def command(self) -> list[str]:
-        extra = list(self.extra_args)
+    def command(self, **_: Any) -> list[str]:
+        extra = []
         if self.ca_recovery_grace is not None:
             extra.append(f"--ca-recovery-grace={self.ca_recovery_grace:g}s")
-        return run_command(
-            self.kubeconfig,
-            namespace=self.namespace,
-            metrics_port=self.metrics_port,
-            webhook_port=self.webhook_port,
-            identity=self.identity,
-            lease_duration=self.lease_duration,
-            extra_args=extra,
-            prefix=[TRUSTWARDEN],
-        )
+        return super().command(lease_duration=self.lease_duration, extra=extra)
 
     def start(self) -> Operator:
         with self._lock:
@@ -140,11 +126,7 @@ class Operator:
         except FileNotFoundError:
             return ""
 
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def wait_leading(self, timeout: float = 60) -> Operator:
+    def wait_leading(self, timeout: float = 60) -> Operator:  # type: ignore[override]
         def probe() -> bool:
             if not self.running:
                 raise AssertionError(f"{self.identity} exited:\n{self.log()[-2000:]}")
@@ -153,22 +135,13 @@ class Operator:
         wait_for(probe, timeout=timeout, what=f"{self.identity} to lead (log {self.log_path})")
         return self
 
-    def wait_serving(self, timeout: float = 60) -> Operator:
+    def wait_serving(self, timeout: float = 60) -> Operator:  # type: ignore[override]
         wait_for(
             lambda: self.running and self.metrics() is not None,
             timeout=timeout,
             what=f"{self.identity} to serve /metrics",
         )
         return self
-
-    def metrics(self) -> str | None:
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
-            ) as response:
-                return str(response.read().decode())
-        except OSError:
-            return None
 
     def counter(self, name: str) -> float:
         """Sum of every sample of a metric family (0 when absent)."""

@@ -24,6 +24,7 @@ from cryptography import x509
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from e2e.bodies import trust_domain_body
 from e2e.reliability.conftest import OPNS, OperatorSlot, make_namespace
 from e2e.reliability.controlplane import ControlPlane
 from e2e.reliability.harness import (
@@ -48,7 +49,7 @@ from e2e.support import (
     GROUP,
     VERSION,
     Cluster,
-    apply_yaml,
+    apply_body,
     bundle_data,
     condition,
     custom,
@@ -703,17 +704,7 @@ def _reasons(cluster: Cluster, namespace: str | None, name: str) -> list[str]:
 
 
 def _domain(cluster: Cluster, name: str) -> None:
-    apply_yaml(
-        cluster,
-        f"""
-apiVersion: trustwarden.io/v1alpha1
-kind: TrustDomain
-metadata: {{name: {name}}}
-spec:
-  trustDomain: {name}.example.org
-  ca: {{selfSigned: {{ttl: 2160h}}}}
-""",
-    )
+    apply_body(cluster, trust_domain_body(name, ca={"selfSigned": {"ttl": "2160h"}}))
     wait_condition(lambda: get_td(cluster, name), "Ready", "True", timeout=60)
 
 

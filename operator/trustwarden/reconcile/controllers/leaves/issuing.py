@@ -198,20 +198,14 @@ class Issuer(Controller):
         if edited or recreating:
             delay = self.writer.repair_backoff(target.key, now)
             if delay is not None:
-                self.store.failures[target.key] = Failure(
-                    "SecretFight",
+                await self.writer.report_fight(
+                    target,
+                    now,
+                    delay,
                     f"Secret {target.namespace}/{target.secret_name} keeps being "
                     f"{'changed' if edited else 'deleted'} by something else; "
                     f"repairing again in {delay:.0f}s",
                 )
-                self.metrics.errors.labels(reason="SecretFight").inc()
-                await self._event(
-                    wid_ref(target.wid),
-                    "Warning",
-                    "SecretFight",
-                    self.store.failures[target.key].message,
-                )
-                self._schedule(target.key, now + timedelta(seconds=delay))
                 return
         await self._issue(target, desired, decision, observed, ca_pem, per_pod=per_pod)
 

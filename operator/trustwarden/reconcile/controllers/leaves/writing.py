@@ -71,6 +71,16 @@ class Writer(Controller):
         failure = self.store.failures[target.key]
         await self._event(wid_ref(target.wid), "Warning", "SecretConflict", failure.message)
 
+    async def report_fight(
+        self, target: LeafTarget, now: datetime, delay: float, message: str
+    ) -> None:
+        """Something keeps changing or deleting this Secret: say so (failure, metric, Event)
+        and repair it again only after `delay` seconds."""
+        self.store.failures[target.key] = Failure("SecretFight", message)
+        self.metrics.errors.labels(reason="SecretFight").inc()
+        await self._event(wid_ref(target.wid), "Warning", "SecretFight", message)
+        self._schedule(target.key, now + timedelta(seconds=delay))
+
     def repair_backoff(self, key: Hashable, now: datetime) -> float | None:
         """None: repair now (and count it). Otherwise the seconds to wait: the first
         REPAIRS_BEFORE_BACKOFF repairs in REPAIR_WINDOW are immediate, then each waits twice
@@ -185,19 +195,13 @@ class Writer(Controller):
             return
         delay = self.repair_backoff(target.key, now)
         if delay is not None:
-            self.store.failures[target.key] = Failure(
-                "SecretFight",
+            await self.report_fight(
+                target,
+                now,
+                delay,
                 f"the metadata of Secret {target.namespace}/{target.secret_name} keeps being "
                 f"changed by something else; restoring it again in {delay:.0f}s",
             )
-            self.metrics.errors.labels(reason="SecretFight").inc()
-            await self._event(
-                wid_ref(target.wid),
-                "Warning",
-                "SecretFight",
-                self.store.failures[target.key].message,
-            )
-            self._schedule(target.key, now + timedelta(seconds=delay))
             return
         current = await self.kube.get("Secret", target.namespace, target.secret_name)
         if current is None or str((current.get("metadata") or {}).get("uid")) != observed.uid:
