@@ -397,7 +397,11 @@ def _restart_mid_burst(
     assert_nothing_lost(lost, factory.stats.deleted)
 
 
-def test_2_apiserver_restart_mid_burst(
+@pytest.mark.parametrize(
+    "component", ["kube-apiserver", "etcd"], ids=["2-apiserver-restart", "3-etcd-restart"]
+)
+def test_2_3_control_plane_restart_mid_burst(
+    component: str,
     cluster: Cluster,
     control_plane: ControlPlane,
     slot: OperatorSlot,
@@ -408,30 +412,7 @@ def test_2_apiserver_restart_mid_burst(
     results: Results,
 ) -> None:
     _restart_mid_burst(
-        "kube-apiserver",
-        cluster,
-        control_plane,
-        slot,
-        suite_domain,
-        injected_ns,
-        invariants,
-        recorder,
-        results,
-    )
-
-
-def test_3_etcd_restart_mid_burst(
-    cluster: Cluster,
-    control_plane: ControlPlane,
-    slot: OperatorSlot,
-    suite_domain: str,
-    injected_ns: str,
-    invariants: Invariants,
-    recorder: SecretRecorder,
-    results: Results,
-) -> None:
-    _restart_mid_burst(
-        "etcd",
+        component,
         cluster,
         control_plane,
         slot,
