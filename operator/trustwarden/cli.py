@@ -122,6 +122,40 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "is published in the bundles at once and signs only after this long (default 2m), so "
         "pods see the new anchor before certificates it signed",
     )
+    run.add_argument(
+        "--flush-interval",
+        default="500ms",
+        metavar="DURATION",
+        help="how often changed trust bundles and revocation lists are written (default 500ms)",
+    )
+    run.add_argument(
+        "--status-interval",
+        default="2s",
+        metavar="DURATION",
+        help="how often changed statuses are written (default 2s)",
+    )
+    run.add_argument(
+        "--status-timing-interval",
+        default="30s",
+        metavar="DURATION",
+        help="a status change that only moves timing fields (nextRenewal, soonestExpiry) is "
+        "written at most this often (default 30s)",
+    )
+    run.add_argument(
+        "--ledger-interval",
+        default="5s",
+        metavar="DURATION",
+        help="how often the issuance ledger is persisted (default 5s); wider batches mean "
+        "fewer writes and a longer window of serials known only from their Secrets",
+    )
+    run.add_argument(
+        "--max-jitter",
+        type=float,
+        default=0.1,
+        metavar="FRACTION",
+        help="renewals are spread by up to this fraction of a certificate's lifetime before "
+        "its renew point (default 0.1)",
+    )
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
 
@@ -333,6 +367,22 @@ def _run(args: argparse.Namespace) -> int:
     propagation_delay = _run_duration(args.propagation_delay, "--propagation-delay")
     min_activate_after = _run_duration(args.min_activate_after, "--min-activate-after")
     ca_recovery_grace = _run_duration(args.ca_recovery_grace, "--ca-recovery-grace")
+    intervals = {
+        flag: _run_duration(getattr(args, flag.removeprefix("--").replace("-", "_")), flag)
+        for flag in (
+            "--flush-interval",
+            "--status-interval",
+            "--status-timing-interval",
+            "--ledger-interval",
+        )
+    }
+    for flag, value in intervals.items():
+        if value <= timedelta(0):
+            raise SystemExit(
+                f"{flag} must be positive, got {args.__dict__[flag[2:].replace('-', '_')]}"
+            )
+    if not 0 <= args.max_jitter < 1:
+        raise SystemExit(f"--max-jitter must be in [0, 1), got {args.max_jitter}")
     config = OperatorConfig(
         operator_namespace=args.namespace,
         local=args.local,
@@ -356,6 +406,11 @@ def _run(args: argparse.Namespace) -> int:
         propagation_delay=propagation_delay,
         min_activate_after=min_activate_after,
         ca_recovery_grace=ca_recovery_grace,
+        max_jitter_fraction=args.max_jitter,
+        flush_interval=intervals["--flush-interval"],
+        status_interval=intervals["--status-interval"],
+        status_timing_interval=intervals["--status-timing-interval"],
+        ledger_interval=intervals["--ledger-interval"],
     )
     asyncio.run(run(config))
     return 0

@@ -298,3 +298,37 @@ def test_unusable_kubeconfig_is_actionable(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     with pytest.raises(UnreachableError, match="pass --kubeconfig FILE"):
         OpsClient(str(missing), None)
+
+
+def test_every_engine_setting_is_a_run_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`trustwarden run` flags fill OperatorConfig, and the runner builds the EngineConfig
+    from it alone: no setting needs a monkeypatch to change."""
+    from datetime import timedelta
+
+    from trustwarden.handlers import runner
+    from trustwarden.reconcile.admission import AdmissionKey
+
+    seen = []
+
+    async def fake_run(config: Any) -> None:
+        seen.append(config)
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    argv = ["run", "--local", "--namespace", "tw", "--watch-namespace", "a"]
+    argv += ["--flush-interval", "250ms", "--status-interval", "3s"]
+    argv += ["--status-timing-interval", "45s", "--ledger-interval", "1m"]
+    argv += ["--max-jitter", "0.2", "--ca-recovery-grace", "5s", "--propagation-delay", "10s"]
+    argv += ["--min-activate-after", "20s", "--reissue-rate", "7", "--cluster-domain", "c.test"]
+    assert cli.main(argv) == 0
+    engine = runner.engine_config(seen[0], AdmissionKey(b"k" * 32))
+    assert engine.operator_namespace == "tw" and engine.watch_namespaces == frozenset({"a"})
+    assert (engine.flush_interval, engine.status_interval) == (0.25, 3.0)
+    assert engine.status_timing_interval == timedelta(seconds=45)
+    assert engine.ledger_interval == timedelta(minutes=1)
+    assert engine.max_jitter_fraction == 0.2
+    assert engine.ca_recovery_grace == timedelta(seconds=5)
+    assert engine.propagation_delay == timedelta(seconds=10)
+    assert engine.min_activate_after == timedelta(seconds=20)
+    assert (engine.reissue_rate, engine.cluster_domain) == (7.0, "c.test")
+    with pytest.raises(SystemExit, match="--ledger-interval must be positive"):
+        cli.main(["run", "--local", "--ledger-interval", "0s"])

@@ -34,7 +34,7 @@ from trustwarden.k8s.http import ApiClient
 from trustwarden.k8s.leader import LeaderElector
 from trustwarden.metrics import Metrics
 from trustwarden.names import INJECT_LABEL, MANAGED_BY, MANAGER
-from trustwarden.reconcile.admission import ensure_key
+from trustwarden.reconcile.admission import AdmissionKey, ensure_key
 from trustwarden.reconcile.aimd import AdaptiveGate, AimdLimit
 from trustwarden.reconcile.engine import Engine, EngineConfig
 from trustwarden.reconcile.podcerts import PodCertificates
@@ -176,6 +176,27 @@ async def _keep_ca_bundle(
             await asyncio.wait_for(stop.wait(), timeout=CA_BUNDLE_SYNC_SECONDS)
 
 
+def engine_config(config: OperatorConfig, admission_key: AdmissionKey) -> EngineConfig:
+    """Every engine setting, from the one settings object the CLI filled."""
+    return EngineConfig(
+        admission_key=admission_key,
+        operator_namespace=config.operator_namespace,
+        # handlers may run up to the gate's ceiling; the gate bounds the writes in flight
+        concurrency=config.max_concurrency,
+        reissue_rate=config.reissue_rate,
+        cluster_domain=config.cluster_domain,
+        watch_namespaces=frozenset(config.watch_namespaces) or None,
+        propagation_delay=config.propagation_delay,
+        min_activate_after=config.min_activate_after,
+        ca_recovery_grace=config.ca_recovery_grace,
+        flush_interval=config.flush_interval.total_seconds(),
+        status_interval=config.status_interval.total_seconds(),
+        status_timing_interval=config.status_timing_interval,
+        ledger_interval=config.ledger_interval,
+        max_jitter_fraction=config.max_jitter_fraction,
+    )
+
+
 async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None) -> None:
     try:
         cluster = cluster_config.load(config.kubeconfig, config.context)
@@ -193,18 +214,7 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
     admission_key = await ensure_key(gateway, config.operator_namespace, {MANAGED_BY: MANAGER})
     engine = Engine(
         gateway,
-        EngineConfig(
-            admission_key=admission_key,
-            operator_namespace=config.operator_namespace,
-            # handlers may run up to the gate's ceiling; the gate bounds the writes in flight
-            concurrency=config.max_concurrency,
-            reissue_rate=config.reissue_rate,
-            cluster_domain=config.cluster_domain,
-            watch_namespaces=frozenset(config.watch_namespaces) or None,
-            propagation_delay=config.propagation_delay,
-            min_activate_after=config.min_activate_after,
-            ca_recovery_grace=config.ca_recovery_grace,
-        ),
+        engine_config(config, admission_key),
         metrics,
     )
     services = Services(config=config, engine=engine, gateway=gateway, metrics=metrics)

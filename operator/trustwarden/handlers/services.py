@@ -41,6 +41,12 @@ class OperatorConfig:
     propagation_delay: timedelta = timedelta(minutes=2)
     min_activate_after: timedelta = timedelta(minutes=3)
     ca_recovery_grace: timedelta = timedelta(minutes=2)
+    # How often the aggregated writes happen (reconcile/settings.py EngineConfig).
+    flush_interval: timedelta = timedelta(milliseconds=500)
+    status_interval: timedelta = timedelta(seconds=2)
+    status_timing_interval: timedelta = timedelta(seconds=30)
+    ledger_interval: timedelta = timedelta(seconds=5)
+    max_jitter_fraction: float = 0.1
 
 
 @dataclass
