@@ -22,7 +22,7 @@ from bench.harness.events import Events, Watcher
 from bench.harness.processes import CertManager, Operator, Profiler
 from bench.harness.procmon import CpuWindow, Monitor, cpu_seconds, hwm_mib, rss_mib
 from bench.harness.profile import analyse
-from trustwarden.reconcile.engine import EngineConfig
+from trustwarden.reconcile.settings import EngineConfig
 
 # After the last issuance the operator still writes what it batches: statuses, bundles and
 # the issuance ledger (the slowest, every ledger_interval). Count requests until those have

@@ -269,8 +269,8 @@ def test_older_cluster_keeps_the_secret_path_and_reports_the_signer_unavailable(
     from types import SimpleNamespace
 
     from trustwarden.metrics import Metrics
-    from trustwarden.reconcile.engine import EngineConfig
     from trustwarden.reconcile.podcerts import PodCertificates
+    from trustwarden.reconcile.settings import EngineConfig
 
     class OldCluster:
         def __init__(self) -> None:
@@ -316,10 +316,10 @@ def test_a_signer_without_rbac_says_why_and_never_holds_back_ca_activation(
     from types import SimpleNamespace
 
     from trustwarden.metrics import Metrics
-    from trustwarden.reconcile.engine import EngineConfig
     from trustwarden.reconcile.podcerts import PodCertificates
     from trustwarden.reconcile.podcerts import controller as controller_mod
     from trustwarden.reconcile.ports import ListPage
+    from trustwarden.reconcile.settings import EngineConfig
 
     class Forbidden(Exception):
         pass

@@ -24,28 +24,33 @@ import logging
 import time
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any
 
 from trustwarden.metrics import Metrics
-from trustwarden.names import API_VERSION, MANAGED_BY, MANAGER
-from trustwarden.pki._clock import to_rfc3339
-from trustwarden.pki._x509util import sha256_hex
+from trustwarden.names import MANAGED_BY, MANAGER
 from trustwarden.reconcile import podcert
-from trustwarden.reconcile.domains import DomainRuntime
-from trustwarden.reconcile.ledger import LEDGER_KEY, Ledger, LedgerEntry
-from trustwarden.reconcile.model import DeliveryMode, WorkloadIdentitySpec
-from trustwarden.reconcile.observed import NamespaceInfo
-from trustwarden.reconcile.podcerts.signer import Refused, Signed, sign
+from trustwarden.reconcile.ledger import LEDGER_KEY, Ledger
+from trustwarden.reconcile.model import DeliveryMode
+from trustwarden.reconcile.podcerts.requests import Requests
 from trustwarden.reconcile.podcerts.trust_bundles import TrustBundlePublisher
+from trustwarden.reconcile.podcerts.views import (
+    CERTIFICATES_V1,
+    LEDGER_PREFIX,
+    LEDGER_ROLE,
+    NEEDED,
+    RESTART_SECONDS,
+    RETRY,
+    RETRY_MAX,
+    WORKERS,
+    EngineView,
+    IdentityRecord,
+    PodCertKube,
+    PodSeen,
+    ledger_name,
+)
 from trustwarden.reconcile.ports import (
-    Body,
-    ConflictError,
     InvalidError,
-    KubePort,
-    NotFoundError,
-    ObjectRef,
 )
 from trustwarden.reconcile.reflector import Key, Reflector, key_of
 from trustwarden.reconcile.scheduler import utcnow
@@ -53,77 +58,8 @@ from trustwarden.reconcile.state_objects import write_dirty_ledgers
 
 log = logging.getLogger("trustwarden.podcerts")
 
-LEDGER_PREFIX = "trustwarden-podcerts-"
-LEDGER_ROLE = "pcr-ledger"
-CERTIFICATES_V1 = "/apis/certificates.k8s.io/v1"
-NEEDED = frozenset({"podcertificaterequests", "clustertrustbundles"})
-WORKERS = 64
-RETRY = timedelta(seconds=1)
-RETRY_MAX = 30.0
-WAIT = 0.25
-RESTART_SECONDS = 30.0  # after the signer failed (see run)
 
-
-class PodCertKube(KubePort, Protocol):
-    async def update_status(self, kind: str, namespace: str, name: str, body: Body) -> Body: ...
-
-    async def served_resources(self, group_version_path: str) -> set[str] | None: ...
-
-
-class EngineConfigView(Protocol):
-    operator_namespace: str
-    cluster_domain: str
-    max_jitter_fraction: float
-    ledger_interval: timedelta
-    watch_namespaces: frozenset[str] | None
-
-
-class EngineView(Protocol):
-    """What this controller reads from and hands to the engine."""
-
-    config: Any  # an EngineConfig (EngineConfigView)
-    started: bool
-    status_extras: Callable[[str, str, str], dict[str, Any] | None] | None
-
-    @property
-    def domains(self) -> dict[str, DomainRuntime]: ...
-
-    @property
-    def wids(self) -> dict[tuple[str, str], WorkloadIdentitySpec]: ...
-
-    @property
-    def namespaces(self) -> dict[str, NamespaceInfo]: ...
-
-    @property
-    def dirty_status(self) -> set[tuple[str, str, str]]: ...
-
-    @property
-    def anchor_gates(self) -> list[Callable[[DomainRuntime, str], bool]]: ...
-
-    def domains_loaded(self) -> bool: ...
-
-    def revoke_issued(self, namespace: str, entry: LedgerEntry, reason: str) -> str | None: ...
-
-
-@dataclass
-class PodSeen:
-    uid: str
-    labels: Mapping[str, str]
-
-
-@dataclass
-class IdentityRecord:
-    issued: int = 0  # certificates signed for this identity by this process
-    denied: int = 0
-    last_issued: float = 0.0
-    last_denial: tuple[str, str, str, str, float] | None = None  # pod, reason, msg, at, mono
-
-
-def ledger_name(namespace: str) -> str:
-    return f"{LEDGER_PREFIX}{namespace}"
-
-
-class PodCertificates:
+class PodCertificates(Requests):
     def __init__(
         self,
         kube: PodCertKube,
@@ -388,156 +324,6 @@ class PodCertificates:
                     delay = float(retry)
                 self.pending[key] = (body, seen_at)
                 asyncio.get_running_loop().call_later(delay, self.queue.put_nowait, key)
-
-    async def _invalid(self, key: Key, body: Mapping[str, Any], message: str) -> bool:
-        """The API server refused our answer. A 422 will not pass by trying again: the request
-        is Failed, with the API server's words, so the kubelet can ask anew."""
-        spec = body.get("spec") or {}
-        self.metrics.pcr_results.labels(signer=str(spec.get("signerName")), result="error").inc()
-        log.error(
-            "PodCertificateRequest %s/%s: the API server refused our status: %s", *key, message
-        )
-        pcr = podcert.PCRInfo.from_body(body)
-        refusal = podcert.Refusal(
-            podcert.FAILED,
-            "SignerError",
-            f"the API server refused the certificate trustwarden made: {message[:500]}; "
-            "report this to the trustwarden maintainers",
-        )
-        try:
-            await self._refuse(
-                body, pcr, refusal, podcert.refused_status(pcr, refusal, self.clock())
-            )
-        except InvalidError as again:
-            log.error("PodCertificateRequest %s/%s left undecided: %s", *key, again)
-        return False
-
-    async def _handle(self, body: Mapping[str, Any], seen_at: float) -> bool | float:
-        """Sign or refuse one PCR; True to try again with backoff, a number of seconds to
-        look again after a wait that is no error, False when done."""
-        pcr = podcert.PCRInfo.from_body(body)
-        domain = podcert.domain_of(pcr.signer)
-        assert domain is not None
-        runtime = self.engine.domains.get(domain)
-        if runtime is None or not runtime.issues:
-            what = "does not exist" if runtime is None else "holds external anchors only"
-            refusal = podcert.Refusal(
-                podcert.DENIED,
-                "UnknownSigner",
-                f"signer {pcr.signer}: TrustDomain {domain} {what}; use the signer of an "
-                "issuing TrustDomain (trustwarden.io/<TrustDomain name>)",
-            )
-            await self._refuse(
-                body, pcr, refusal, podcert.refused_status(pcr, refusal, self.clock())
-            )
-            return False
-        pod = self.pods.get((pcr.namespace, pcr.pod_name))
-        if pod is None or pod.uid != pcr.pod_uid:
-            fetched = await self.kube.get("Pod", pcr.namespace, pcr.pod_name)
-            meta = (fetched or {}).get("metadata") or {}
-            if fetched is None or meta.get("uid") != pcr.pod_uid or meta.get("deletionTimestamp"):
-                log.info("%s names a pod that no longer exists; not issued", pcr.where)
-                return False
-            pod = PodSeen(pcr.pod_uid, dict(meta.get("labels") or {}))
-        if not runtime.loaded and runtime.conflict is None:
-            return WAIT
-        active = runtime.active()
-        if active is not None and not self.bundles.published(runtime, sha256_hex(active.anchor)):
-            self._bundles_dirty.set()  # a new authority signs only once its anchor is out
-            return WAIT
-        namespace = self.engine.namespaces.get(pcr.namespace)
-        now = self.clock()
-        outcome = sign(
-            pcr,
-            runtime,
-            pod_labels=pod.labels,
-            identities=self.engine.wids.values(),
-            namespace_labels=namespace.labels if namespace is not None else {},
-            cluster_domain=self.engine.config.cluster_domain,
-            now=now,
-            max_jitter_fraction=self.engine.config.max_jitter_fraction,
-        )
-        if isinstance(outcome, Refused):
-            await self._refuse(body, pcr, outcome.refusal, outcome.status)
-            return False
-        assert isinstance(outcome, Signed)
-        if not await self._write(body, outcome.status):
-            return False
-        self.ledger.record(pcr.namespace, outcome.entry)
-        identity = (outcome.plan.identity.namespace, outcome.plan.identity.name)
-        record = self.identities.setdefault(identity, IdentityRecord())
-        record.issued += 1
-        record.last_issued = time.monotonic()
-        self.pod_identity[pcr.pod_uid] = identity
-        self.engine.dirty_status.add(("wid", *identity))
-        self.engine.dirty_status.add(("td", "", runtime.name))
-        self.metrics.pcr_results.labels(signer=pcr.signer, result="issued").inc()
-        self.metrics.pcr_latency.observe(time.perf_counter() - seen_at)
-        return False
-
-    async def _write(self, body: Mapping[str, Any], status: dict[str, Any]) -> bool:
-        """Set the status of a PCR that has none yet; False if it is gone or was decided by
-        someone else meanwhile."""
-        meta = body.get("metadata") or {}
-        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
-        try:
-            await self.kube.update_status(
-                "PodCertificateRequest", namespace, name, {**dict(body), "status": status}
-            )
-        except NotFoundError:
-            return False
-        except ConflictError:
-            current = await self.kube.get("PodCertificateRequest", namespace, name)
-            if current is None or podcert.PCRInfo.from_body(current).outcome is not None:
-                return False
-            return await self._write(current, status)
-        return True
-
-    async def _refuse(
-        self,
-        body: Mapping[str, Any],
-        pcr: podcert.PCRInfo,
-        refusal: podcert.Refusal,
-        status: dict[str, Any],
-    ) -> None:
-        if not await self._write(body, status):
-            return
-        result = "denied" if refusal.condition == podcert.DENIED else "failed"
-        self.metrics.pcr_results.labels(signer=pcr.signer, result=result).inc()
-        log.info("%s %s: %s", pcr.where, refusal.condition.lower(), refusal.reason)
-        message = f"{pcr.where} {refusal.condition.lower()}: {refusal.message}"
-        with contextlib.suppress(Exception):
-            await self.kube.emit_event(
-                ObjectRef("v1", "Pod", pcr.pod_name, pcr.namespace, pcr.pod_uid),
-                "Warning",
-                refusal.reason,
-                message,
-            )
-        if refusal.identity is not None:
-            identity = (refusal.identity.namespace, refusal.identity.name)
-            record = self.identities.setdefault(identity, IdentityRecord())
-            record.denied += 1
-            record.last_denial = (
-                f"{pcr.namespace}/{pcr.pod_name}",
-                refusal.reason,
-                refusal.message,
-                to_rfc3339(self.clock().replace(microsecond=0)),
-                time.monotonic(),
-            )
-            self.engine.dirty_status.add(("wid", *identity))
-            with contextlib.suppress(Exception):
-                await self.kube.emit_event(
-                    ObjectRef(
-                        API_VERSION,
-                        "WorkloadIdentity",
-                        refusal.identity.name,
-                        refusal.identity.namespace,
-                        refusal.identity.uid,
-                    ),
-                    "Warning",
-                    refusal.reason,
-                    message,
-                )
 
     # ------------------------------------------------------------------ writing
 
