@@ -363,3 +363,93 @@ def test_a_signer_without_rbac_says_why_and_never_holds_back_ca_activation(
     assert "forbidden" in signer["message"] and "RBAC" in signer["message"]
     assert any("pod certificates" in r.getMessage() for r in caplog.records)
     assert controller_mod.RESTART_SECONDS > 0
+
+
+def _ctb(pem: str, *, version: str = "1") -> dict[str, Any]:
+    from trustwarden.reconcile.podcerts.trust_bundles import desired_body
+
+    body = desired_body("prod", pem)
+    body["metadata"]["resourceVersion"] = version
+    return body
+
+
+def test_a_cluster_trust_bundle_edited_or_deleted_by_hand_is_seen_and_rewritten() -> None:
+    """The anchor gate follows what the ClusterTrustBundle really holds: an anchor removed by
+    hand holds its authority back until the next sync publishes it again."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from trustwarden.pki._x509util import sha256_hex
+    from trustwarden.reconcile.podcerts.trust_bundles import TrustBundlePublisher
+
+    class Kube:
+        def __init__(self) -> None:
+            self.written: list[str] = []
+
+        async def create(self, kind: str, namespace: str, body: Any) -> Any:
+            self.written.append(body["spec"]["trustBundle"])
+            return {**body, "metadata": {**body["metadata"], "resourceVersion": "2"}}
+
+        async def replace(self, kind: str, namespace: str, name: str, body: Any) -> Any:
+            return await self.create(kind, namespace, body)
+
+    kube = Kube()
+    publisher = TrustBundlePublisher(kube)  # type: ignore[arg-type]
+    pem = CA.certificate.public_bytes(Encoding.PEM).decode()
+    sha = sha256_hex(CA.certificate)
+    runtime = SimpleNamespace(name="prod")
+    assert publisher.observe(_ctb(pem))  # the listing: new to us
+    assert publisher.published(runtime, sha)  # type: ignore[arg-type]
+    assert not publisher.observe(_ctb(pem, version="2"))  # an echo changes nothing
+    assert publisher.observe(_ctb("", version="3"))  # emptied by hand
+    assert not publisher.published(runtime, sha)  # type: ignore[arg-type]
+    publisher.forget(_ctb(pem))
+    assert "trustwarden.io:prod" not in " ".join(publisher.stored)
+    assert not publisher.published(runtime, sha)  # type: ignore[arg-type]
+    domain_runtime = SimpleNamespace(
+        name="prod", conflict=None, loaded=True, issues=True, anchors=lambda now: (CA.certificate,)
+    )
+    asyncio.run(publisher.sync([domain_runtime], NOW))  # type: ignore[list-item]
+    assert len(kube.written) == 1  # written back once, holding exactly the CA's anchor
+    written = x509.load_pem_x509_certificates(kube.written[0].encode())
+    assert [sha256_hex(c) for c in written] == [sha]
+    assert publisher.published(runtime, sha)  # type: ignore[arg-type]
+
+
+def test_status_counts_of_pod_certificates_survive_a_restart() -> None:
+    """After a start the live pods holding a ledger serial count as issued at once."""
+    from types import SimpleNamespace
+
+    from trustwarden.metrics import Metrics
+    from trustwarden.reconcile.ledger import LedgerEntry
+    from trustwarden.reconcile.podcerts import PodCertificates
+    from trustwarden.reconcile.podcerts.views import PodSeen
+    from trustwarden.reconcile.settings import EngineConfig
+
+    web = identity()
+    other = identity("db", podSelector={"matchLabels": {"app": "db"}})
+    engine = SimpleNamespace(
+        config=EngineConfig(),
+        started=True,
+        domains={},
+        wids={("shop", "web"): web, ("shop", "db"): other},
+        namespaces={},
+        dirty_status=set(),
+        anchor_gates=[],
+        status_extras=None,
+    )
+    controller = PodCertificates(object(), engine, Metrics(), clock=lambda: NOW)  # type: ignore[arg-type]
+    controller.pods[("shop", "w0")] = PodSeen("uid-w0", {"app": "web"})
+    controller.pods[("shop", "w1")] = PodSeen("uid-w1", {"app": "web"})  # no serial yet
+    controller.pods[("shop", "w2")] = PodSeen("uid-w2", {"app": "web"})  # expired serial
+    for uid, not_after in (("uid-w0", NOW + timedelta(hours=1)), ("uid-w2", NOW)):
+        controller.ledger.record(
+            "shop", LedgerEntry(len(uid) + ord(uid[-1]), uid, not_after, "prod", "x")
+        )
+    controller._recover_pod_identities()
+    assert controller.pod_identity == {"uid-w0": ("shop", "web")}
+    assert ("wid", "shop", "web") in engine.dirty_status
+    extra = controller.status_extras("wid", "shop", "web")
+    assert extra is not None and (extra["selectedPods"], extra["issued"]) == (1, 1)

@@ -31,7 +31,7 @@ from trustwarden.metrics import Metrics
 from trustwarden.names import MANAGED_BY, MANAGER
 from trustwarden.reconcile import podcert
 from trustwarden.reconcile.ledger import LEDGER_KEY, Ledger
-from trustwarden.reconcile.model import DeliveryMode
+from trustwarden.reconcile.model import DeliveryMode, WorkloadIdentitySpec
 from trustwarden.reconcile.podcerts.requests import Requests
 from trustwarden.reconcile.podcerts.trust_bundles import TrustBundlePublisher
 from trustwarden.reconcile.podcerts.views import (
@@ -170,6 +170,19 @@ class PodCertificates(Requests):
             )
             for scope in scopes
         ]
+        # Our ClusterTrustBundles, watched: one edited or deleted by hand is written back at
+        # the next bundle sync, and the anchor gate follows what is really published.
+        trust_bundles = Reflector(
+            self.kube,
+            "ClusterTrustBundle",
+            f"{MANAGED_BY}={MANAGER}",
+            None,
+            upsert=self._ctb_seen,
+            delete=self._ctb_deleted,
+            prune=self._prune_ctbs,
+            mark=lambda: self._seq,
+        )
+        pods.append(trust_bundles)
         for reflector in pods + requests:
             await reflector.list()
         # From here on a new authority signs only once its anchor is in the ClusterTrustBundle.
@@ -183,6 +196,7 @@ class PodCertificates(Requests):
         while not (self.engine.started and self.engine.domains_loaded()):
             await asyncio.sleep(0.2)
         self._catch_up()
+        self._recover_pod_identities()
         await self._sync_bundles()
         self._mark_domains()
         self.ready.set()
@@ -268,6 +282,20 @@ class PodCertificates(Requests):
             self.queue.put_nowait(key)
         self.pending[key] = (body, time.perf_counter())
 
+    def _ctb_seen(self, body: Mapping[str, Any]) -> None:
+        if self.bundles.observe(body):
+            self._bundles_dirty.set()
+
+    def _ctb_deleted(self, body: Mapping[str, Any]) -> None:
+        self.bundles.forget(body)
+        self._bundles_dirty.set()
+
+    def _prune_ctbs(self, live: set[Key], mark: int) -> None:
+        names = {name for _, name in live}
+        for name in [n for n in self.bundles.stored if n not in names]:
+            self.bundles.forget({"metadata": {"name": name}})
+            self._bundles_dirty.set()
+
     def _pcr_deleted(self, body: Mapping[str, Any]) -> None:
         self.pending.pop(key_of(body), None)
 
@@ -296,6 +324,29 @@ class PodCertificates(Requests):
         dead = {(ns, e.owner_uid) for ns, e in self.ledger.all() if e.owner_uid not in live}
         for namespace, uid in sorted(dead):
             self._revoke_pod(namespace, uid, "OwnerDeletedWhileDown")
+
+    def _recover_pod_identities(self) -> None:
+        """After a start, which identity each live pod holds a certificate of: from the
+        ledger (its unexpired serials and their domain) and the PodCertificate identities of
+        its namespace whose podSelector selects it. Status counts then survive a restart
+        instead of starting again at 0 until every pod refreshes."""
+        now = self.clock()
+        by_namespace: dict[str, list[WorkloadIdentitySpec]] = {}
+        for spec in self.engine.wids.values():
+            if spec.mode is DeliveryMode.POD_CERTIFICATE and spec.pod_selector is not None:
+                by_namespace.setdefault(spec.namespace, []).append(spec)
+        for (namespace, _name), seen in self.pods.items():
+            if seen.uid in self.pod_identity:
+                continue
+            domains = {
+                e.domain for e in self.ledger.owned_by(namespace, seen.uid) if e.not_after > now
+            }
+            for spec in sorted(by_namespace.get(namespace, ()), key=lambda s: s.name):
+                assert spec.pod_selector is not None
+                if spec.trust_domain_ref in domains and spec.pod_selector.matches(seen.labels):
+                    self.pod_identity[seen.uid] = (namespace, spec.name)
+                    self.engine.dirty_status.add(("wid", namespace, spec.name))
+                    break
 
     # ------------------------------------------------------------------ signing
 

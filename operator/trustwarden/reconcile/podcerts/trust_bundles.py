@@ -14,11 +14,13 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
+from cryptography import x509
+
 from trustwarden.names import MANAGED_BY, MANAGER
 from trustwarden.pki import bundle as bundle_mod
 from trustwarden.pki._x509util import sha256_hex
 from trustwarden.reconcile.domains import DomainRuntime
-from trustwarden.reconcile.podcert import PCR_API_VERSION, bundle_name, signer_name
+from trustwarden.reconcile.podcert import PCR_API_VERSION, bundle_name, domain_of, signer_name
 from trustwarden.reconcile.ports import Body, ConflictError, NotFoundError
 
 log = logging.getLogger("trustwarden.podcerts")
@@ -46,6 +48,13 @@ def desired_body(domain: str, pem: str) -> dict[str, Any]:
     }
 
 
+def _shas(pem: str) -> frozenset[str]:
+    try:
+        return frozenset(sha256_hex(c) for c in x509.load_pem_x509_certificates(pem.encode()))
+    except ValueError:
+        return frozenset()
+
+
 class TrustBundlePublisher:
     def __init__(self, kube: BundleKube) -> None:
         self.kube = kube
@@ -54,12 +63,32 @@ class TrustBundlePublisher:
         self.shas: dict[str, frozenset[str]] = {}  # domain -> anchor sha256s as stored
         self.writes = 0
 
-    def observe(self, body: Mapping[str, Any]) -> None:
-        """A ClusterTrustBundle of ours, from the listing at start."""
+    def observe(self, body: Mapping[str, Any]) -> bool:
+        """A ClusterTrustBundle of ours, as listed or watched. True when it differs from what
+        we stored (someone edited it): the next sync writes it back. What the anchor gate
+        trusts follows what is really there, so an anchor removed by hand holds back the
+        authority it belongs to until it is published again."""
         meta = body.get("metadata") or {}
         name = str(meta.get("name") or "")
-        self.stored[name] = str((body.get("spec") or {}).get("trustBundle") or "")
+        spec = body.get("spec") or {}
+        pem = str(spec.get("trustBundle") or "")
+        changed = self.stored.get(name) != pem
+        self.stored[name] = pem
         self.versions[name] = str(meta.get("resourceVersion") or "")
+        domain = domain_of(str(spec.get("signerName") or ""))
+        if domain is not None and changed:
+            self.shas[domain] = _shas(pem)
+        return changed
+
+    def forget(self, body: Mapping[str, Any]) -> None:
+        """One of ours was deleted: nothing is published for its domain until it is rewritten."""
+        meta = body.get("metadata") or {}
+        name = str(meta.get("name") or "")
+        self.stored.pop(name, None)
+        self.versions.pop(name, None)
+        domain = domain_of(str((body.get("spec") or {}).get("signerName") or ""))
+        if domain is not None:
+            self.shas.pop(domain, None)
 
     def published(self, runtime: DomainRuntime, sha: str) -> bool:
         return sha in self.shas.get(runtime.name, frozenset())
