@@ -453,3 +453,50 @@ def test_status_counts_of_pod_certificates_survive_a_restart() -> None:
     assert ("wid", "shop", "web") in engine.dirty_status
     extra = controller.status_extras("wid", "shop", "web")
     assert extra is not None and (extra["selectedPods"], extra["issued"]) == (1, 1)
+
+
+def test_a_serial_signed_just_before_a_crash_is_recorded_from_its_request() -> None:
+    """Only what an authority of the domain provably signed, for a SPIFFE ID of the
+    request's namespace, enters the ledger; a forged or foreign chain never does."""
+    from types import SimpleNamespace
+
+    from trustwarden.pki import rotation
+    from trustwarden.reconcile.ledger import Ledger
+    from trustwarden.reconcile.podcerts.recovery import backfill_ledger
+
+    plan = decide()
+    assert isinstance(plan, podcert.Issue)
+    cert = sign_public_key(CA, plan.request, plan.public_key, plan.not_before, plan.not_after, 7)
+    request = pcr()
+
+    def body(chain: str, namespace: str = "shop") -> dict[str, Any]:
+        status = podcert.issued_status(request, plan, cert, CA.issuing_chain_pem, NOW)
+        return {
+            "metadata": {"namespace": namespace, "name": "web-1-abc"},
+            "spec": {"signerName": "trustwarden.io/prod", "podUID": "pod-uid-1"},
+            "status": {**status, "certificateChain": chain},
+        }
+
+    genuine = podcert.issued_status(request, plan, cert, CA.issuing_chain_pem, NOW)
+    record = rotation.AuthorityRecord(CA, rotation.AuthorityState.Active, activated_at=NOW)
+    runtime = SimpleNamespace(name="prod", authorities=rotation.AuthoritySet((record,)))
+    other_ca = create_self_signed_ca("prod.example.org", ttl=timedelta(days=90), now=NOW)
+    forged = sign_public_key(
+        other_ca, plan.request, plan.public_key, plan.not_before, plan.not_after, 7
+    )
+    forged_pem = forged.public_bytes(serialization.Encoding.PEM).decode()
+    ledger = Ledger()
+    listed = [
+        body(genuine["certificateChain"]),
+        body(genuine["certificateChain"], namespace="other"),  # copied into another namespace
+        body(forged_pem),  # a look-alike signed by someone else's key
+        body("not a certificate"),
+    ]
+    assert backfill_ledger(ledger, listed, {"prod": runtime}, NOW) == 1  # type: ignore[dict-item]
+    entry = ledger.entry("shop", cert.serial_number)
+    assert entry is not None and entry.owner_uid == "pod-uid-1" and entry.domain == "prod"
+    assert entry.issuer_sha256 == CA.sha256
+    assert not ledger.owned_by("other", "pod-uid-1")
+    # Already recorded (or expired): nothing is recorded twice.
+    assert backfill_ledger(ledger, listed[:1], {"prod": runtime}, NOW) == 0  # type: ignore[dict-item]
+    assert backfill_ledger(Ledger(), listed[:1], {"prod": runtime}, plan.not_after) == 0  # type: ignore[dict-item]

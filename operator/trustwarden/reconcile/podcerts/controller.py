@@ -31,7 +31,8 @@ from trustwarden.metrics import Metrics
 from trustwarden.names import MANAGED_BY, MANAGER
 from trustwarden.reconcile import podcert
 from trustwarden.reconcile.ledger import LEDGER_KEY, Ledger
-from trustwarden.reconcile.model import DeliveryMode, WorkloadIdentitySpec
+from trustwarden.reconcile.model import DeliveryMode
+from trustwarden.reconcile.podcerts.recovery import backfill_ledger, recover_pod_identities
 from trustwarden.reconcile.podcerts.requests import Requests
 from trustwarden.reconcile.podcerts.trust_bundles import TrustBundlePublisher
 from trustwarden.reconcile.podcerts.views import (
@@ -89,6 +90,7 @@ class PodCertificates(Requests):
         self._seen: dict[Key, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._bundles_dirty = asyncio.Event()
+        self._listed_issued: list[Mapping[str, Any]] = []  # Issued PCRs of the first listing
         engine.status_extras = self.status_extras
 
     # ------------------------------------------------------------------ lifecycle
@@ -195,6 +197,7 @@ class PodCertificates(Requests):
         ]
         while not (self.engine.started and self.engine.domains_loaded()):
             await asyncio.sleep(0.2)
+        self._backfill_ledger()
         self._catch_up()
         self._recover_pod_identities()
         await self._sync_bundles()
@@ -271,11 +274,18 @@ class PodCertificates(Requests):
         if podcert.domain_of(str(spec.get("signerName") or "")) is None:
             return  # another signer's request: not ours to keep, touch or log
         status = body.get("status") or {}
-        if any(
-            isinstance(c, Mapping) and c.get("type") in podcert.TERMINAL
-            for c in status.get("conditions") or ()
-        ):
+        outcome = next(
+            (
+                c.get("type")
+                for c in status.get("conditions") or ()
+                if isinstance(c, Mapping) and c.get("type") in podcert.TERMINAL
+            ),
+            None,
+        )
+        if outcome is not None:
             self.pending.pop(key_of(body), None)
+            if outcome == "Issued" and not self.ready.is_set():
+                self._listed_issued.append(body)  # see _backfill_ledger
             return  # issued, denied or failed: immutable
         key = key_of(body)
         if key not in self.pending:
@@ -325,28 +335,22 @@ class PodCertificates(Requests):
         for namespace, uid in sorted(dead):
             self._revoke_pod(namespace, uid, "OwnerDeletedWhileDown")
 
+    def _backfill_ledger(self) -> None:
+        recorded = backfill_ledger(
+            self.ledger, self._listed_issued, self.engine.domains, self.clock()
+        )
+        self._listed_issued = []
+        if recorded:
+            log.info("recorded %d pod certificate serial(s) missing from the ledger", recorded)
+
     def _recover_pod_identities(self) -> None:
-        """After a start, which identity each live pod holds a certificate of: from the
-        ledger (its unexpired serials and their domain) and the PodCertificate identities of
-        its namespace whose podSelector selects it. Status counts then survive a restart
-        instead of starting again at 0 until every pod refreshes."""
-        now = self.clock()
-        by_namespace: dict[str, list[WorkloadIdentitySpec]] = {}
-        for spec in self.engine.wids.values():
-            if spec.mode is DeliveryMode.POD_CERTIFICATE and spec.pod_selector is not None:
-                by_namespace.setdefault(spec.namespace, []).append(spec)
-        for (namespace, _name), seen in self.pods.items():
-            if seen.uid in self.pod_identity:
-                continue
-            domains = {
-                e.domain for e in self.ledger.owned_by(namespace, seen.uid) if e.not_after > now
-            }
-            for spec in sorted(by_namespace.get(namespace, ()), key=lambda s: s.name):
-                assert spec.pod_selector is not None
-                if spec.trust_domain_ref in domains and spec.pod_selector.matches(seen.labels):
-                    self.pod_identity[seen.uid] = (namespace, spec.name)
-                    self.engine.dirty_status.add(("wid", namespace, spec.name))
-                    break
+        found = recover_pod_identities(
+            self.pods, self.ledger, self.engine.wids.values(), self.clock()
+        )
+        for uid, identity in found.items():
+            if uid not in self.pod_identity:
+                self.pod_identity[uid] = identity
+                self.engine.dirty_status.add(("wid", *identity))
 
     # ------------------------------------------------------------------ signing
 
