@@ -149,6 +149,14 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "fewer writes and a longer window of serials known only from their Secrets",
     )
     run.add_argument(
+        "--ledger-shards",
+        type=int,
+        default=16,
+        metavar="N",
+        help="ConfigMaps the issuance ledger is spread over at first (default 16); it doubles "
+        "as it grows, and a smaller N never shrinks what is stored",
+    )
+    run.add_argument(
         "--max-jitter",
         type=float,
         default=0.1,
@@ -381,6 +389,8 @@ def _run(args: argparse.Namespace) -> int:
             raise SystemExit(
                 f"{flag} must be positive, got {args.__dict__[flag[2:].replace('-', '_')]}"
             )
+    if args.ledger_shards < 1:
+        raise SystemExit(f"--ledger-shards must be at least 1, got {args.ledger_shards}")
     if not 0 <= args.max_jitter < 1:
         raise SystemExit(f"--max-jitter must be in [0, 1), got {args.max_jitter}")
     config = OperatorConfig(
@@ -407,6 +417,7 @@ def _run(args: argparse.Namespace) -> int:
         min_activate_after=min_activate_after,
         ca_recovery_grace=ca_recovery_grace,
         max_jitter_fraction=args.max_jitter,
+        ledger_shards=args.ledger_shards,
         flush_interval=intervals["--flush-interval"],
         status_interval=intervals["--status-interval"],
         status_timing_interval=intervals["--status-timing-interval"],

@@ -214,7 +214,7 @@ def observe_written(engine: Engine, kube: FakeKube) -> None:
             engine.observe_secret(body)
         elif kind == "ConfigMap" and name == "trustwarden-bundle":
             engine.observe_bundle(body)
-        elif kind == "ConfigMap" and name.startswith("trustwarden-ledger-"):
+        elif kind == "ConfigMap" and name.startswith("trustwarden-ledger"):
             engine.observe_ledger(body)
 
 

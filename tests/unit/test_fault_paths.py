@@ -27,6 +27,7 @@ from tests.unit.fakes import (
 )
 from trustwarden.reconcile.controllers.leaves.writing import REPAIRS_BEFORE_BACKOFF
 from trustwarden.reconcile.engine import Engine
+from trustwarden.reconcile.ledger import Ledger
 from trustwarden.reconcile.ports import Body
 
 OPNS = "trustwarden-system"
@@ -325,7 +326,7 @@ def test_the_ledger_survives_the_outage_and_names_the_issued_serial() -> None:
         kube.down = False
         clock.advance(timedelta(seconds=6))  # the ledger interval
         await engine.flush()
-        stored = kube.objects[("ConfigMap", OPNS, "trustwarden-ledger-payments")]
+        stored = kube.objects[("ConfigMap", OPNS, Ledger().name_for("payments"))]
         assert stored["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "trustwarden"
         # A fresh engine loads it back: the serial is known, so a deletion would revoke it.
         second = make_engine(kube, clock)

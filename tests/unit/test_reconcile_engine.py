@@ -23,6 +23,7 @@ from tests.unit.fakes import (
 )
 from trustwarden.metrics import Metrics
 from trustwarden.reconcile.engine import Engine, EngineConfig
+from trustwarden.reconcile.ledger import Ledger
 
 
 def secret_of(kube: FakeKube, ns: str, name: str) -> dict[str, object] | None:
@@ -76,7 +77,7 @@ def test_shared_issue_costs_one_secret_write_and_one_bundle_write() -> None:
         written = sorted((k[0], k[2]) for k in kube.objects)
         assert written == [
             ("ConfigMap", "trustwarden-bundle"),
-            ("ConfigMap", "trustwarden-ledger-payments"),
+            ("ConfigMap", Ledger().name_for("payments")),  # its ledger shard
             ("ConfigMap", "trustwarden-revocations-prod"),
             ("Secret", "api-svid"),
             ("Secret", "trustwarden-ca-prod"),

@@ -295,11 +295,12 @@ def test_ledger_round_trip_owner_lookup_and_prune() -> None:
     ledger.record("ns", LedgerEntry(0xDEF, "pod-1", now + timedelta(minutes=1), "prod", "f" * 64))
     ledger.record("ns", LedgerEntry(0x123, "pod-2", now + timedelta(hours=1), "prod", "e" * 64))
     restored = Ledger()
-    restored.load("ns", ledger.encode("ns"))
+    shard = ledger.name_for("ns")
+    restored.load(shard, ledger.encode(shard))
     assert {e.serial for e in restored.owned_by("ns", "pod-1")} == {0xABC, 0xDEF}
     restored.prune(now + timedelta(minutes=2))
     assert {e.serial for e in restored.owned_by("ns", "pod-1")} == {0xABC}
-    assert "ns" in restored.dirty
+    assert restored.name_for("ns") in restored.dirty
 
 
 # --------------------------------------------------------------------------- domain anchors

@@ -242,7 +242,7 @@ def test_a_restart_takes_no_forged_certificate_into_the_ledger() -> None:
         for (kind, _ns, name), body in list(kube.objects.items()):
             if kind == "Secret":
                 second.observe_secret(body)
-            elif kind == "ConfigMap" and name.startswith("trustwarden-ledger-"):
+            elif kind == "ConfigMap" and name.startswith("trustwarden-ledger"):
                 second.observe_ledger(body)
         for key in (("td", "bank"), ("td", "prod"), ("catchup",)):
             second.scheduler.schedule(key, clock())
@@ -837,7 +837,7 @@ def test_an_edited_secret_annotation_after_a_restart_still_revokes_by_the_ledger
         for (kind, _ns, name), obj in list(kube.objects.items()):
             if kind == "Secret":
                 second.observe_secret(obj)
-            elif kind == "ConfigMap" and name.startswith("trustwarden-ledger-"):
+            elif kind == "ConfigMap" and name.startswith("trustwarden-ledger"):
                 second.observe_ledger(obj)
         for domain in ("bank", "prod"):
             second.scheduler.schedule(("td", domain), clock())

@@ -19,7 +19,7 @@ from typing import Any
 import kopf
 
 from trustwarden.handlers.services import Services
-from trustwarden.names import BUNDLE_CONFIGMAP, GROUP, LEDGER_PREFIX, VERSION
+from trustwarden.names import BUNDLE_CONFIGMAP, GROUP, VERSION
 
 
 def _services(memo: Any) -> Services:
@@ -58,7 +58,7 @@ def build_registry() -> kopf.OperatorRegistry:
         services = _services(memo)
         if name == BUNDLE_CONFIGMAP:
             services.engine.observe_bundle(body)
-        elif namespace == services.config.operator_namespace and name.startswith(LEDGER_PREFIX):
+        elif namespace == services.config.operator_namespace and services.engine.ledger.owns(name):
             services.engine.observe_ledger(body)
 
     # --- changes and deletions ---

@@ -194,6 +194,7 @@ def engine_config(config: OperatorConfig, admission_key: AdmissionKey) -> Engine
         status_timing_interval=config.status_timing_interval,
         ledger_interval=config.ledger_interval,
         max_jitter_fraction=config.max_jitter_fraction,
+        ledger_shards=config.ledger_shards,
     )
 
 

@@ -47,6 +47,7 @@ class OperatorConfig:
     status_timing_interval: timedelta = timedelta(seconds=30)
     ledger_interval: timedelta = timedelta(seconds=5)
     max_jitter_fraction: float = 0.1
+    ledger_shards: int = 16
 
 
 @dataclass

@@ -76,7 +76,9 @@ class Engine:
             clock=clock,
             on_depth=metrics.queue_depth.set,
         )
-        self.store = ClusterStore(config.operator_namespace, config.watch_namespaces)
+        self.store = ClusterStore(
+            config.operator_namespace, config.watch_namespaces, ledger_shards=config.ledger_shards
+        )
         # Statuses (conditions, what was last written, deferred writes) and Events are kept
         # by their own writers; controllers mark status keys dirty.
         self.status = StatusWriter(kube, clock, config.status_timing_interval)

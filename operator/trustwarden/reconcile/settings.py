@@ -8,6 +8,7 @@ from datetime import timedelta
 from trustwarden.pki.propagation import DEFAULT_PROPAGATION_DELAY, MIN_ACTIVATE_AFTER
 from trustwarden.reconcile.admission import AdmissionKey, new_key
 from trustwarden.reconcile.dnspolicy import DEFAULT_CLUSTER_DOMAIN
+from trustwarden.reconcile.ledger import DEFAULT_SHARDS
 
 # Retries of a failed work item back off from RETRY_BASE seconds, doubling, to RETRY_MAX.
 RETRY_BASE = 2.0
@@ -30,6 +31,8 @@ class EngineConfig:
     # The ledger only matters if the operator dies with pods deleted during its outage:
     # batching it wider trades a few seconds of that window for far fewer writes.
     ledger_interval: timedelta = timedelta(seconds=5)
+    # The ledger's shard ConfigMaps at start (reconcile/ledger.py); it doubles as it grows.
+    ledger_shards: int = DEFAULT_SHARDS
     # A WorkloadIdentity status change that only moves timing fields (STATUS_TIMING_FIELDS)
     # is written at most this often; any other change is written at the next status flush.
     status_timing_interval: timedelta = timedelta(seconds=30)

@@ -4,12 +4,12 @@ one way to write them, whichever controller owns them."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from trustwarden.names import MANAGED_BY, MANAGER, NAMESPACE_ANNOTATION, ROLE_LABEL
+from trustwarden.names import LEDGER_SHARDS_ANNOTATION, MANAGED_BY, MANAGER, ROLE_LABEL
 from trustwarden.reconcile.ledger import LEDGER_KEY, Ledger
-from trustwarden.reconcile.ports import ConflictError, KubePort
+from trustwarden.reconcile.ports import ConflictError, KubePort, NotFoundError
 
 
 async def upsert_state(
@@ -49,20 +49,19 @@ async def write_dirty_ledgers(
     ledger: Ledger,
     operator_namespace: str,
     *,
-    name_of: Callable[[str], str],
     role: str,
     log: logging.Logger,
 ) -> None:
-    """Write the ConfigMap of every namespace whose ledger changed (delete it once empty).
-    A namespace whose write fails stays dirty for the next flush; the others are written."""
-    for namespace in ledger.dirty_namespaces():
-        ledger.mark_clean(namespace)
-        name = name_of(namespace)
+    """Write every ledger shard that changed (delete it once empty). A shard whose write fails
+    stays dirty for the next flush; the others are written. Once every shard is stored, the
+    ConfigMaps of an earlier layout are deleted."""
+    for name in ledger.dirty_shards():
+        ledger.mark_clean(name)
         try:
-            if not ledger.holds(namespace):
-                if ledger.is_stored(namespace):
+            if not ledger.holds(name):
+                if ledger.is_stored(name):
                     await kube.delete("ConfigMap", operator_namespace, name)
-                    ledger.mark_stored(namespace, False)
+                    ledger.mark_stored(name, False)
                 continue
             await upsert_state(
                 kube,
@@ -70,11 +69,19 @@ async def write_dirty_ledgers(
                 "ConfigMap",
                 name,
                 role=role,
-                annotations={NAMESPACE_ANNOTATION: namespace},
-                payload={"binaryData": {LEDGER_KEY: ledger.encode(namespace)}},
-                exists=ledger.is_stored(namespace),
+                annotations={LEDGER_SHARDS_ANNOTATION: str(ledger.shards)},
+                payload={"binaryData": {LEDGER_KEY: ledger.encode(name)}},
+                exists=ledger.is_stored(name),
             )
-            ledger.mark_stored(namespace)
+            ledger.mark_stored(name)
         except Exception as exc:
-            ledger.mark_dirty(namespace)
-            log.warning("ledger for namespace %s not written: %s", namespace, exc)
+            ledger.mark_dirty(name)
+            log.warning("ledger shard %s not written: %s", name, exc)
+    for name in ledger.take_legacy():
+        try:
+            await kube.delete("ConfigMap", operator_namespace, name)
+        except NotFoundError:
+            pass
+        except Exception as exc:
+            ledger.legacy.add(name)
+            log.warning("ledger %s of the earlier layout not deleted: %s", name, exc)

@@ -18,7 +18,7 @@ from typing import Any
 
 from trustwarden.names import CA_SECRET_PREFIX, LEDGER_PREFIX
 from trustwarden.reconcile.domains import DomainRuntime, ca_secret_name
-from trustwarden.reconcile.ledger import LEDGER_KEY, Ledger, LedgerEntry
+from trustwarden.reconcile.ledger import DEFAULT_SHARDS, LEDGER_KEY, Ledger, LedgerEntry
 from trustwarden.reconcile.model import DeliveryMode, SpecError, WorkloadIdentitySpec
 from trustwarden.reconcile.observed import BundleInfo, NamespaceInfo, PodInfo, SecretInfo
 from trustwarden.reconcile.work import (
@@ -47,7 +47,13 @@ class Failure:
 
 
 class ClusterStore:
-    def __init__(self, operator_namespace: str, watch_namespaces: frozenset[str] | None) -> None:
+    def __init__(
+        self,
+        operator_namespace: str,
+        watch_namespaces: frozenset[str] | None,
+        *,
+        ledger_shards: int = DEFAULT_SHARDS,
+    ) -> None:
         self.operator_namespace = operator_namespace
         self.watch_namespaces = watch_namespaces
         # observed objects
@@ -66,7 +72,7 @@ class ClusterStore:
         self.bundle_conflicts: set[str] = set()  # namespaces whose bundle name is foreign
         self.namespaces: dict[str, NamespaceInfo] = {}
         # what trustwarden issued, per namespace (persisted by the revocation controller)
-        self.ledger = Ledger()
+        self.ledger = Ledger(LEDGER_PREFIX, ledger_shards)
         # per work key: why its last run failed; per identity: what keeps it from issuing
         self.failures: dict[Hashable, Failure] = {}
         self.problems: dict[tuple[str, str], tuple[str, str]] = {}
@@ -265,9 +271,10 @@ class ClusterStore:
     def observe_ledger(self, body: Mapping[str, Any]) -> None:
         """Ledgers are read once, from the initial listing; afterwards we are the only writer."""
         name = str((body.get("metadata") or {}).get("name"))
-        namespace = name.removeprefix(LEDGER_PREFIX)
+        if not self.ledger.owns(name):
+            return
         try:
-            self.ledger.load(namespace, str((body.get("binaryData") or {}).get(LEDGER_KEY) or ""))
+            self.ledger.load(name, str((body.get("binaryData") or {}).get(LEDGER_KEY) or ""))
         except (ValueError, zlib.error) as exc:
             log.warning("ledger %s is unreadable and is rebuilt from live Secrets: %s", name, exc)
 

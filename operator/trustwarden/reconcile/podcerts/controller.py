@@ -48,7 +48,6 @@ from trustwarden.reconcile.podcerts.views import (
     IdentityRecord,
     PodCertKube,
     PodSeen,
-    ledger_name,
 )
 from trustwarden.reconcile.ports import (
     InvalidError,
@@ -78,7 +77,7 @@ class PodCertificates(Requests):
         self.available: bool | None = None  # None until the API has been asked
         self.unavailable_message = ""
         self.bundles = TrustBundlePublisher(kube)
-        self.ledger = Ledger()
+        self.ledger = Ledger(LEDGER_PREFIX, engine.config.ledger_shards)
         self.pods: dict[Key, PodSeen] = {}
         self.pod_identity: dict[str, tuple[str, str]] = {}  # pod UID -> identity it got
         self.identities: dict[tuple[str, str], IdentityRecord] = {}
@@ -226,11 +225,11 @@ class PodCertificates(Requests):
         ):
             for body in page.items:
                 name = str((body.get("metadata") or {}).get("name") or "")
-                if not name.startswith(LEDGER_PREFIX):
+                if not self.ledger.owns(name):
                     continue
                 try:
                     self.ledger.load(
-                        name.removeprefix(LEDGER_PREFIX),
+                        name,
                         str((body.get("binaryData") or {}).get(LEDGER_KEY) or ""),
                     )
                 except (ValueError, zlib.error) as exc:
@@ -396,7 +395,6 @@ class PodCertificates(Requests):
             self.kube,
             self.ledger,
             self.engine.config.operator_namespace,
-            name_of=ledger_name,
             role=LEDGER_ROLE,
             log=log,
         )

@@ -42,6 +42,7 @@ class EngineConfigView(Protocol):
     cluster_domain: str
     max_jitter_fraction: float
     ledger_interval: timedelta
+    ledger_shards: int
     watch_namespaces: frozenset[str] | None
 
 
@@ -84,7 +85,3 @@ class IdentityRecord:
     denied: int = 0
     last_issued: float = 0.0
     last_denial: tuple[str, str, str, str, float] | None = None  # pod, reason, msg, at, mono
-
-
-def ledger_name(namespace: str) -> str:
-    return f"{LEDGER_PREFIX}{namespace}"

@@ -12,7 +12,7 @@ from trustwarden.reconcile.controllers.base import (
     Context,
 )
 from trustwarden.reconcile.controllers.revocation.lists import RevocationLists
-from trustwarden.reconcile.ledger import LedgerEntry, ledger_name
+from trustwarden.reconcile.ledger import LedgerEntry
 from trustwarden.reconcile.model import (
     WorkloadIdentitySpec,
 )
@@ -300,7 +300,6 @@ class Revocation(RevocationLists):
             self.kube,
             self.store.ledger,
             self.config.operator_namespace,
-            name_of=ledger_name,
             role="ledger",
             log=log,
         )
