@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import urllib3
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from e2e.nodecreds import node_client_certificate
 
 CERTS = "/apis/certificates.k8s.io/v1"
 
@@ -29,38 +29,7 @@ class NodeClient:
     """HTTPS as system:node:<name> (O=system:nodes), a certificate signed by the cluster CA."""
 
     def __init__(self, server: str, pki: Path, name: str, scratch: Path) -> None:
-        ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
-        ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.now(UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(
-                x509.Name(
-                    [
-                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
-                        x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{name}"),
-                    ]
-                )
-            )
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(hours=4))
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
-            .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-        )
-        scratch.mkdir(parents=True, exist_ok=True)
-        cert_path, key_path = scratch / f"{name}.crt", scratch / f"{name}.key"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+        cert_path, key_path = node_client_certificate(pki, name, scratch, valid=timedelta(hours=4))
         context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         context.load_cert_chain(str(cert_path), str(key_path))
         self.name = name

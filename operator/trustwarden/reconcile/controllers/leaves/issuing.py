@@ -17,7 +17,6 @@ from trustwarden.pki.renewal import (
     RenewalDecision,
     RenewalReason,
     decide_renewal,
-    renew_point,
     revocation_requested,
     unreadable,
 )
@@ -159,13 +158,7 @@ class Issuer(Controller):
                 expected_sha256=observed.recorded_sha256 if observed is not None else None,
             )
         if decision.reason is RenewalReason.IssuerNotActive and facts is not None:
-            point = renew_point(
-                facts,
-                desired.renew_at,
-                target.jitter_key,
-                self.config.max_jitter_fraction,
-                backdate=desired.backdate,
-            )
+            point = target.renew_point(desired, facts, self.config.max_jitter_fraction)
             later = self.handover.defer(target.key, target.domain.authorities, facts, point, now)
             if later is not None:  # a scheduled hand-over, or an emergency one's paced slot
                 self._schedule(target.key, later)
@@ -302,13 +295,7 @@ class Issuer(Controller):
         request = desired.to_request(authority.lifetime)
         now = self.clock()
         leaf = issue_leaf(authority, request, now, cross_chain_pem=target.domain.cross_chain_pem())
-        renew_at = renew_point(
-            leaf,
-            desired.renew_at,
-            target.jitter_key,
-            self.config.max_jitter_fraction,
-            backdate=desired.backdate,
-        )
+        renew_at = target.renew_point(desired, leaf, self.config.max_jitter_fraction)
         owner = target.owner
         facts = leaf.to_facts(authority)
         metadata = svid_metadata(

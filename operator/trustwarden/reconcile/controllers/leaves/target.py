@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass
+from datetime import datetime
 
+from trustwarden.pki.issue import IssuedLeaf, LeafFacts
+from trustwarden.pki.renewal import DesiredLeaf, renew_point
 from trustwarden.pki.spiffe import TemplateContext
 from trustwarden.reconcile.domains import DomainRuntime
 from trustwarden.reconcile.model import WorkloadIdentitySpec
@@ -23,3 +26,16 @@ class LeafTarget:
     domain: DomainRuntime
     context: TemplateContext
     jitter_key: str
+
+    def renew_point(
+        self, desired: DesiredLeaf, validity: LeafFacts | IssuedLeaf, max_jitter_fraction: float
+    ) -> datetime:
+        """When this target's certificate is due: at desired.renew_at of its lifetime, less
+        the target's stable jitter (pki/renewal.py)."""
+        return renew_point(
+            validity,
+            desired.renew_at,
+            self.jitter_key,
+            max_jitter_fraction,
+            backdate=desired.backdate,
+        )

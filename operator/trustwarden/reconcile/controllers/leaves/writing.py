@@ -8,7 +8,6 @@ from typing import Any
 
 from trustwarden.pki.renewal import (
     DesiredLeaf,
-    renew_point,
 )
 from trustwarden.reconcile.controllers.base import (
     Context,
@@ -162,13 +161,7 @@ class Writer(Controller):
         entry = self.store.ledger.issued_to(target.namespace, facts.serial, (target.owner.uid,))
         if entry is None:
             return None
-        renew_at = renew_point(
-            facts,
-            desired.renew_at,
-            target.jitter_key,
-            self.config.max_jitter_fraction,
-            backdate=desired.backdate,
-        )
+        renew_at = target.renew_point(desired, facts, self.config.max_jitter_fraction)
         return svid_metadata(
             namespace=target.namespace,
             name=target.secret_name,
