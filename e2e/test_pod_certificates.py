@@ -436,7 +436,7 @@ def test_each_denial_reason_is_a_condition_an_event_and_status(env: Env) -> None
         delivery={"mode": "PodCertificate"},
     )
     with trust_domain(
-        cluster, extra="  policy: {allowedNamespaces: {matchLabels: {tw-podcert: allowed}}}"
+        cluster, policy={"allowedNamespaces": {"matchLabels": {"tw-podcert": "allowed"}}}
     ) as (closed, _):
         apply_identity(
             cluster,
