@@ -34,7 +34,6 @@ ISSUER_ANNOTATION = "trustwarden.io/issuer"
 OWNER_ANNOTATION = "trustwarden.io/owner"
 TRUST_DOMAIN_ANNOTATION = "trustwarden.io/trust-domain"
 SPIFFE_ID_ANNOTATION = "trustwarden.io/spiffe-id"
-NAMESPACE_ANNOTATION = "trustwarden.io/namespace"  # on a ledger of the earlier layout
 LEDGER_SHARDS_ANNOTATION = "trustwarden.io/ledger-shards"  # on a ledger shard: the shard count
 DESCRIPTION_ANNOTATION = "trustwarden.io/description"
 

@@ -27,7 +27,7 @@ from trustwarden.reconcile.settings import EngineConfig
 from trustwarden.reconcile.state_objects import upsert_state
 from trustwarden.reconcile.status import StatusWriter
 from trustwarden.reconcile.store import ClusterStore
-from trustwarden.reconcile.work import Changes, DomainStatusKey, IdentityKey
+from trustwarden.reconcile.work import Changes
 
 AnchorGate = Callable[[DomainRuntime, str], bool]
 StatusExtras = Callable[[str, str, str], "dict[str, Any] | None"]
@@ -115,12 +115,6 @@ class Controller:
 
     def _mark_domain_bundles(self, runtime: DomainRuntime) -> None:
         self.dirty_bundles.update(self.store.bundle_namespaces_of(runtime))
-
-    def _mark_domain_status(self, name: str) -> None:
-        self.dirty_status.add(DomainStatusKey(name))
-
-    def _mark_identity_status(self, namespace: str, name: str) -> None:
-        self.dirty_status.add(IdentityKey(namespace, name))
 
     async def _upsert_state(
         self,

@@ -48,7 +48,7 @@ from trustwarden.reconcile.observed import (
     SecretInfo,
 )
 from trustwarden.reconcile.revocationquota import emergency_quota
-from trustwarden.reconcile.secretbody import leaf_annotations, svid_metadata, svid_secret
+from trustwarden.reconcile.secretbody import svid_secret
 from trustwarden.reconcile.store import Failure
 from trustwarden.reconcile.work import (
     DomainStatusKey,
@@ -298,18 +298,10 @@ class Issuer(Controller):
         renew_at = target.renew_point(desired, leaf, self.config.max_jitter_fraction)
         owner = target.owner
         facts = leaf.to_facts(authority)
-        metadata = svid_metadata(
-            namespace=target.namespace,
-            name=target.secret_name,
-            identity=target.wid.name,
-            owner=owner,
-            annotations=leaf_annotations(
-                facts,
-                trust_domain=target.domain.trust_domain,
-                issuer_sha256=authority.sha256,
-                owner=target.wid.owner,
-                renew_at=renew_at,
-            ),
+        metadata = target.metadata(
+            facts,
+            issuer_sha256=authority.sha256,
+            renew_at=renew_at,
             finalizers=observed.finalizers if observed else (),
         )
         body = svid_secret(metadata, leaf.secret_data(ca_pem))

@@ -21,7 +21,6 @@ from trustwarden.reconcile.observed import (
     metadata_digest,
 )
 from trustwarden.reconcile.ports import ConflictError, NotFoundError
-from trustwarden.reconcile.secretbody import leaf_annotations, svid_metadata
 from trustwarden.reconcile.settings import RETRY_MAX
 from trustwarden.reconcile.store import Failure
 from trustwarden.reconcile.work import (
@@ -162,18 +161,10 @@ class Writer(Controller):
         if entry is None:
             return None
         renew_at = target.renew_point(desired, facts, self.config.max_jitter_fraction)
-        return svid_metadata(
-            namespace=target.namespace,
-            name=target.secret_name,
-            identity=target.wid.name,
-            owner=target.owner,
-            annotations=leaf_annotations(
-                facts,
-                trust_domain=target.domain.trust_domain,
-                issuer_sha256=entry.issuer_sha256,
-                owner=target.wid.owner,
-                renew_at=renew_at,
-            ),
+        return target.metadata(
+            facts,
+            issuer_sha256=entry.issuer_sha256,
+            renew_at=renew_at,
             finalizers=observed.finalizers,
         )
 
