@@ -166,6 +166,11 @@ def fanout(m: int) -> list[Step]:
     return [(name, lambda bench, ctx: bench.ca_fanout(name, m))]
 
 
+def ca_rollover(n: int, ns: int, activate_in: float) -> list[Step]:
+    name = f"rollover-{n}"
+    return [(name, lambda bench, ctx: bench.rollover(name, n, ns, activate_in=activate_in))]
+
+
 def pcr_burst(n: int) -> list[Step]:
     name = f"pcr-burst-{n}"
     return [(name, lambda bench, ctx: bench.pcr_burst(name, n))]
@@ -204,6 +209,7 @@ def profile_steps(profile: str, cert_manager: bool) -> list[Step]:
             *fanout(100),
             *pcr_burst(1000),
             *node_loss(1000),
+            *ca_rollover(10000, 10, activate_in=420),
             # the scaling table's last row: 100,000 pods on 1,000 kwok Nodes, then a restart
             *kwok_burst(100000, 1000, 1000, restart_settle=60),
         ]

@@ -16,7 +16,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -545,6 +545,50 @@ def test_rotation_publishes_the_anchor_before_it_signs(env: Env) -> None:
     )
     assert not unpublished, "PCRs were signed by an authority not yet in the ClusterTrustBundle"
     assert signed_by[0] in old  # the rotation was observed from before its activation
+
+
+def foreign_ca_pem() -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "not ours")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_a_cluster_trust_bundle_edited_or_deleted_by_hand_comes_back(env: Env) -> None:
+    """The ClusterTrustBundle is watched: an edit that swaps our anchors for a stranger's, and
+    a deletion, are both undone from the domain's authorities, without any other trigger."""
+    path = f"{CERTS}/clustertrustbundles/trustwarden.io:{env.domain}:anchors"
+    ours = {x509_sha(c) for c in store_certs(bundle_anchors(env))}
+    assert ours
+    body = env.admin.ok("GET", path)
+    body["spec"]["trustBundle"] = foreign_ca_pem()
+    edited = env.admin.ok("PUT", path, body)
+    assert {x509_sha(c) for c in store_certs(edited["spec"]["trustBundle"])} != ours
+
+    def anchors_now() -> set[str] | None:
+        status, current = env.admin.call("GET", path)
+        if status == 404:
+            return None
+        assert status == 200, current.get("message")
+        return {x509_sha(c) for c in store_certs(current["spec"]["trustBundle"])}
+
+    wait_for(lambda: anchors_now() == ours, timeout=60, what="the edited bundle rewritten")
+    env.admin.ok("DELETE", path)
+    wait_for(lambda: anchors_now() == ours, timeout=60, what="the deleted bundle recreated")
+    recreated = env.admin.ok("GET", path)
+    assert recreated["spec"]["signerName"] == env.signer
+    assert recreated["metadata"]["uid"] != body["metadata"]["uid"]
 
 
 def x509_sha(cert: x509.Certificate) -> str:

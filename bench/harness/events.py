@@ -28,6 +28,8 @@ class SecretState:
     mgr: str | None
     changes: list[tuple[float, str | None, str | None]] = field(default_factory=list)
     deleted: float | None = None
+    # every version seen, first included: (time, serial, issuer, renew_at of that version)
+    history: list[tuple[float, str | None, str | None, str | None]] = field(default_factory=list)
 
 
 class Events:
@@ -84,6 +86,7 @@ class Events:
                 if state is not None:
                     state.deleted = t
                 return
+            version = (t, r.get("serial"), r.get("issuer"), r.get("renew_at"))
             if state is None or state.deleted is not None:
                 self.secrets[key] = SecretState(
                     t,
@@ -93,10 +96,12 @@ class Events:
                     r.get("renew_at"),
                     r.get("cm"),
                     r.get("mgr"),
+                    history=[version],
                 )
                 return
             if r.get("serial") != state.serial:
                 state.changes.append((t, state.serial, r.get("serial")))
+                state.history.append(version)
             state.serial = r.get("serial")
             state.issuer = r.get("issuer")
             state.renew_at = r.get("renew_at")

@@ -15,7 +15,7 @@ from typing import Any
 from cryptography import x509
 from kubernetes import client
 
-from bench.harness import kube
+from bench.harness import kube, rollover
 from bench.harness.audit import AuditLog
 from bench.harness.cluster import AUDITED_USERS, REPO, BenchCluster
 from bench.harness.events import Events, Watcher
@@ -194,21 +194,28 @@ class Bench:
         ttl: str = "1h",
         renew_at: str = "50%",
         nodes: int = 0,
+        watch: tuple[str, ...] = (),
+        before_domain: Callable[[str, str, str], None] | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Create `n` selected pods across `namespaces` namespaces (burst: as fast as possible
         from a pool of creator threads; steady: at `rate` per second) and time each pod's
-        Secret. With `nodes`, the pods are spread over that many kwok Nodes. Returns (result,
-        state for follow-up scenarios)."""
+        Secret. With `nodes`, the pods are spread over that many kwok Nodes. `watch` adds
+        watched kinds; `before_domain(opns, td, trust_domain)` runs once the operator is up
+        and before the TrustDomain is created. Returns (result, state for follow-up
+        scenarios)."""
         prefix = self.prefix()
         opns, td = f"{prefix}-tw", f"{prefix}-td"
+        trust_domain = f"{prefix}.bench.example.org"
         nss = [f"{prefix}-ns{i}" for i in range(namespaces)]
         self.log(
             f"[{name}] {n} pods in {namespaces} namespace(s)"
             + (f" at {rate}/s" if rate else " (burst)")
         )
-        watcher, events = self.watcher(name, ["pods", "secrets", "wids"])
+        watcher, events = self.watcher(name, ["pods", "secrets", "wids", *watch])
         op = self.operator(opns, name)
-        self.domain(td, f"{prefix}.bench.example.org")
+        if before_domain is not None:
+            before_domain(opns, td, trust_domain)
+        self.domain(td, trust_domain)
         kube.create_namespaces(self.cluster.api, nss, kube.INJECT)
         self.identities(
             events,
@@ -831,6 +838,222 @@ class Bench:
         self.finish(state)
         return result
 
+    # ---------------------------------------------------------------- CA rollover
+
+    def rollover(
+        self,
+        name: str,
+        n: int,
+        namespaces: int,
+        *,
+        activate_in: float = 420.0,
+        ttl: str = "10m",
+        renew_at: str = "25%",
+        emergency_after: str = "30s",
+    ) -> dict[str, Any]:
+        """A scheduled CA activation with `n` live leaves, then an emergency rotation.
+
+        The domain starts from a CA Secret whose (1 h) authority is `activate_in` seconds
+        from its 5/6 point, so the successor is prepared at once and activates on schedule
+        while the leaves are live. Measured: renewals per second in two renewal periods
+        (2 x renew_at x ttl) after the activation against as long before it (the hand-over
+        must not be a storm), leaves
+        that moved ahead of their own renew-at, and verification gaps (a current leaf whose
+        issuer's anchor is not in its namespace bundle). Then `trustwarden.io/rotate` with
+        `emergency_after` retires the new authority early: every leaf is re-issued at once,
+        paced by the operator's --reissue-rate; its rate and the operator's 429s are reported."""
+        activate_at = time.time() + activate_in
+        seeded: dict[str, str] = {}
+
+        def aged_ca(opns: str, td: str, trust_domain: str) -> None:
+            seeded["sha"] = _seed_aged_ca(self.cluster.core, opns, td, trust_domain, activate_at)
+
+        issued, state = self.per_pod(
+            name + "/issue",
+            n,
+            namespaces,
+            keep=True,
+            ttl=ttl,
+            renew_at=renew_at,
+            watch=("bundles", "trustdomains"),
+            before_domain=aged_ca,
+        )
+        events: Events = state["events"]
+        secrets: set[tuple[str, str]] = state["secrets"]
+        td, old = state["td"], seeded["sha"]
+        window_s = 2 * float(renew_at.rstrip("%")) / 100 * _seconds(ttl)
+        result = blank(n, namespaces)
+        result.update({"ttl": ttl, "renew_at": renew_at, "issue": _brief(issued)})
+        try:
+            events.poll()
+            by_old = sum(
+                1 for k in secrets if k in events.secrets and events.secrets[k].issuer == old
+            )
+            self.log(
+                f"[{name}] {by_old}/{len(secrets)} leaves by the aged authority; it hands over "
+                f"in {activate_at - time.time():.0f}s"
+            )
+            t_act, new = self._await_active(events, td, {old}, activate_in + 120)
+            self.log(f"  new authority {new[:12]} Active {t_act - activate_at:+.1f}s from plan")
+            window = CpuWindow(
+                self.pids(("trustwarden", state["op"].pid), ("watcher", state["watcher"].pid))
+            ).start()
+            moved_all = self._await_issuer(events, secrets, new, window_s + 120)
+            t_end = max(moved_all or time.time(), t_act + window_s) + 1
+            time.sleep(max(0.0, t_end - time.time()))
+            usage = window.stop()
+            events.poll()
+            histories = {k: events.secrets[k].history for k in secrets if k in events.secrets}
+            times = rollover.renewals(histories)
+            before = rollover.rate(times, t_act - window_s, t_act)
+            after = rollover.rate(times, t_act, t_act + window_s)
+            moved = rollover.moves(histories, new)
+            early = rollover.off_schedule(histories, new, slack_s=5.0)
+            gaps = rollover.verification_gaps(histories, dict(events.bundles))
+            requests = self.requests("trustwarden", t_act, t_act + window_s)
+            result["scheduled"] = {
+                "activation_vs_plan_s": round(t_act - activate_at, 1),
+                "window_s": window_s,
+                "renewals_before": before.as_dict(),
+                "renewals_after": after.as_dict(),
+                "moved": len(moved),
+                "all_moved_after_s": round(moved_all - t_act, 1) if moved_all else None,
+                "moved_ahead_of_renew_at": len(early),
+                "early_samples": early[:5],
+                "verification_gaps": len(gaps),
+                "gap_samples": gaps[:5],
+                "api_writes_per_renewal": round(requests["writes"] / max(after.count, 1), 3),
+                "cpu_s": usage["cpu_s"].get("trustwarden"),
+            }
+            self.samples[name] = {
+                "renewals_per_s": [
+                    sum(1 for t in times if int(t - t_act + window_s) == i)
+                    for i in range(int(2 * window_s))
+                ]
+            }
+            self.log(
+                f"  scheduled: {len(moved)}/{len(secrets)} moved, {len(early)} ahead of their "
+                f"renew-at; renewals/s before mean {before.mean_per_s:.1f} peak {before.peak_per_s}, "
+                f"after mean {after.mean_per_s:.1f} peak {after.peak_per_s} "
+                f"(peak/mean {after.peak_to_mean}); {len(gaps)} verification gaps"
+            )
+            result.update(self._emergency(name, state, secrets, new, emergency_after))
+            sched = result["scheduled"]
+            result["peak_to_mean"] = sched["renewals_after"]["peak_to_mean"]
+            result["certs_per_s"] = sched["renewals_after"]["mean_per_s"]
+            result["api_writes_per_cert"] = sched["api_writes_per_renewal"]
+            result["peak_rss_mib"] = _round(self.monitor.peak("trustwarden"))
+            result["errors"] = (
+                (len(secrets) - len(moved))
+                + len(gaps)
+                + len(result["emergency"].get("gap_samples") or ())
+                + result["emergency"].get("not_reissued", 0)
+            )
+            return result
+        finally:
+            self.finish(state)
+
+    def _await_active(
+        self, events: Events, td: str, old: set[str], timeout: float
+    ) -> tuple[float, str]:
+        """When the TrustDomain's status first shows an authority outside `old` Active."""
+
+        def active() -> str | None:
+            events.poll()
+            for sha, auth_state in events.authorities.get(td, []):
+                if sha not in old and auth_state == "Active":
+                    return sha
+            return None
+
+        sha = self.wait(active, timeout, "the next authority Active in status", 0.25)
+        return time.time(), sha
+
+    def _await_issuer(
+        self, events: Events, secrets: set[tuple[str, str]], issuer: str, timeout: float
+    ) -> float | None:
+        """Time of the last Secret's first version by `issuer` once all have one, else None."""
+        last_report = [time.monotonic()]
+
+        def all_moved() -> bool:
+            events.poll()
+            count = sum(
+                1 for k in secrets if k in events.secrets and events.secrets[k].issuer == issuer
+            )
+            if time.monotonic() - last_report[0] > 15:
+                last_report[0] = time.monotonic()
+                self.log(f"  {count}/{len(secrets)} leaves by {issuer[:12]}")
+            return count == len(secrets)
+
+        try:
+            self.wait(all_moved, timeout, f"every leaf issued by {issuer[:12]}", 0.5)
+        except TimeoutError as exc:
+            self.log(f"  {exc}")
+            return None
+        moved = rollover.moves(
+            {k: events.secrets[k].history for k in secrets if k in events.secrets}, issuer
+        )
+        return max((v[0] for v in moved.values()), default=None)
+
+    def _emergency(
+        self,
+        name: str,
+        state: dict[str, Any],
+        secrets: set[tuple[str, str]],
+        current: str,
+        activate_after: str,
+    ) -> dict[str, Any]:
+        events: Events = state["events"]
+        td = state["td"]
+        self.log(
+            f"[{name}] emergency rotation (trustwarden.io/rotate, activate-after {activate_after})"
+        )
+        client.CustomObjectsApi(self.cluster.api).patch_cluster_custom_object(
+            kube.GROUP,
+            kube.VERSION,
+            "trustdomains",
+            td,
+            {
+                "metadata": {
+                    "annotations": {
+                        "trustwarden.io/rotate": f"bench-{int(time.time())}",
+                        "trustwarden.io/activate-after": activate_after,
+                    }
+                }
+            },
+        )
+        known = {sha for sha, _ in events.authorities.get(td, [])}
+        t_act, new = self._await_active(events, td, known, _seconds(activate_after) + 120)
+        reissue_rate = _DEFAULTS.reissue_rate or float(len(secrets))
+        moved_all = self._await_issuer(events, secrets, new, len(secrets) / reissue_rate + 180)
+        t_end = (moved_all or time.time()) + 1
+        events.poll()
+        histories = {k: events.secrets[k].history for k in secrets if k in events.secrets}
+        moved = rollover.moves(histories, new)
+        pace = rollover.rate([v[0] for v in moved.values()], t_act, t_end)
+        gaps = rollover.verification_gaps(histories, dict(events.bundles))
+        requests = self.requests("trustwarden", t_act, t_end)
+        throttled = sum(v for k, v in requests["errors"].items() if k.endswith(" 429"))
+        out = {
+            "emergency": {
+                "activate_after": activate_after,
+                "reissue_rate_bound_per_s": reissue_rate,
+                "reissued": len(moved),
+                "not_reissued": len(secrets) - len(moved),
+                "all_reissued_after_s": round(moved_all - t_act, 1) if moved_all else None,
+                "reissues": pace.as_dict(),
+                "operator_429s": throttled,
+                "verification_gaps": len(gaps),
+                "gap_samples": gaps[:5],
+                "api_writes_per_reissue": round(requests["writes"] / max(len(moved), 1), 3),
+            }
+        }
+        self.log(
+            f"  emergency: {len(moved)}/{len(secrets)} re-issued in "
+            f"{out['emergency']['all_reissued_after_s']}s, mean {pace.mean_per_s:.1f}/s peak "
+            f"{pace.peak_per_s}/s (bound {reissue_rate}/s), {throttled} 429s, {len(gaps)} gaps"
+        )
+        return out
+
     # ---------------------------------------------------------------- CA rotation fan-out
 
     def ca_fanout(self, name: str, namespaces: int, activate_after: str = "30s") -> dict[str, Any]:
@@ -1161,6 +1384,50 @@ def _bytes_per_pod(peak: float | None, baseline: float | None, pods: int) -> int
     if peak is None or baseline is None or not pods:
         return None
     return int(max(peak - baseline, 0) * 1024 * 1024 / pods)
+
+
+def _brief(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: result.get(k) for k in ("p50_s", "p99_s", "certs_per_s", "duration_s", "errors")}
+
+
+def _seed_aged_ca(
+    core: client.CoreV1Api, opns: str, td: str, trust_domain: str, activate_at: float
+) -> str:
+    """The CA Secret of TrustDomain `td` as the operator stores it, holding one Active
+    self-signed authority of 1 h whose 5/6 point is `activate_at`: the operator adopts it,
+    prepares the successor at once (past 1/2) and activates it on schedule. Returns the
+    authority's SHA-256."""
+    from trustwarden.names import MANAGED_BY, MANAGER, ROLE_LABEL, TRUST_DOMAIN_ANNOTATION
+    from trustwarden.pki.ca import CA_BACKDATE, create_self_signed_ca
+    from trustwarden.pki.rotation import (
+        ACTIVATE_FRACTION,
+        AuthorityRecord,
+        AuthoritySet,
+        AuthorityState,
+    )
+    from trustwarden.reconcile.domains import ca_secret_name, encode_authorities
+
+    ttl = dt.timedelta(hours=1)
+    lifetime = ttl + CA_BACKDATE
+    activate = dt.datetime.fromtimestamp(activate_at, dt.UTC)
+    not_before = activate - lifetime * ACTIVATE_FRACTION
+    authority = create_self_signed_ca(trust_domain, ttl=ttl, now=not_before + CA_BACKDATE)
+    record = AuthorityRecord(
+        authority=authority, state=AuthorityState.Active, activated_at=authority.not_before
+    )
+    core.create_namespaced_secret(
+        opns,
+        {
+            "metadata": {
+                "name": ca_secret_name(td),
+                "labels": {MANAGED_BY: MANAGER, ROLE_LABEL: "ca"},
+                "annotations": {TRUST_DOMAIN_ANNOTATION: trust_domain},
+            },
+            "type": "Opaque",
+            "data": encode_authorities(AuthoritySet((record,))),
+        },
+    )
+    return authority.sha256
 
 
 def _round(value: float | None) -> float | None:

@@ -1,0 +1,75 @@
+"""The rollover benchmark's judgement: renewal rates, early moves and verification gaps."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.harness import rollover
+
+OLD, NEW = "a" * 64, "b" * 64
+
+
+def test_rate_counts_whole_seconds_and_finds_the_busiest() -> None:
+    times = [10.0, 10.5, 10.9, 11.2, 13.0, 19.9, 20.0]
+    r = rollover.rate(times, 10.0, 20.0)
+    assert (r.count, r.peak_per_s) == (6, 3)
+    assert r.mean_per_s == pytest.approx(0.6)
+    assert r.peak_to_mean == pytest.approx(5.0)
+    assert rollover.rate([], 0.0, 5.0).peak_to_mean is None
+    with pytest.raises(ValueError):
+        rollover.rate(times, 5.0, 5.0)
+
+
+def test_moves_and_renewals_come_from_versions_after_the_first() -> None:
+    histories = {
+        ("ns", "a"): [(0.0, "1", OLD, None), (5.0, "2", OLD, None), (9.0, "3", NEW, None)],
+        ("ns", "b"): [(1.0, "4", OLD, None)],
+        ("ns", "c"): [(2.0, "5", NEW, None), (7.0, "6", NEW, None)],
+    }
+    assert rollover.renewals(histories) == [5.0, 7.0, 9.0]
+    # c was issued by NEW from its start: that is not a move
+    assert rollover.moves(histories, NEW) == {("ns", "a"): (9.0, "3", NEW, None)}
+
+
+def test_a_move_before_the_announced_renew_at_is_off_schedule() -> None:
+    due = "1970-01-01T00:01:40Z"  # t = 100
+    histories = {
+        ("ns", "on-time"): [(0.0, "1", OLD, due), (98.0, "2", NEW, None)],
+        ("ns", "early"): [(0.0, "3", OLD, due), (40.0, "4", NEW, None)],
+        ("ns", "renewed-then-moved"): [
+            (0.0, "5", OLD, "1970-01-01T00:00:30Z"),
+            (30.0, "6", OLD, due),
+            (101.0, "7", NEW, None),
+        ],
+    }
+    assert rollover.off_schedule(histories, NEW, slack_s=5.0) == [(("ns", "early"), 60.0)]
+
+
+def test_no_gap_when_the_anchor_is_published_first_and_kept() -> None:
+    histories = {("ns", "a"): [(1.0, "1", OLD, None), (10.0, "2", NEW, None)]}
+    bundles = {"ns": [(0.0, [OLD]), (5.0, [OLD, NEW]), (20.0, [NEW])]}
+    assert rollover.verification_gaps(histories, bundles) == []
+
+
+def test_a_leaf_ahead_of_its_anchor_is_a_gap() -> None:
+    histories = {("ns", "a"): [(1.0, "1", OLD, None), (10.0, "2", NEW, None)]}
+    bundles = {"ns": [(0.0, [OLD]), (12.0, [OLD, NEW])]}
+    gaps = rollover.verification_gaps(histories, bundles)
+    assert len(gaps) == 1 and "ns/a" in gaps[0] and "before its anchor" in gaps[0]
+
+
+def test_an_anchor_dropped_under_a_current_leaf_is_a_gap() -> None:
+    histories = {
+        ("ns", "a"): [(1.0, "1", OLD, None)],
+        ("ns", "b"): [(1.0, "2", OLD, None), (6.0, "3", NEW, None)],
+    }
+    bundles = {"ns": [(0.0, [OLD, NEW]), (8.0, [NEW])]}
+    gaps = rollover.verification_gaps(histories, bundles)
+    assert len(gaps) == 1 and "dropped anchor" in gaps[0] and "1 current leaf" in gaps[0]
+    # another namespace's bundle never judges this one's leaves
+    assert rollover.verification_gaps(histories, {"other": [(0.0, [])]}) == []
