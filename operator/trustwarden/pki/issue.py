@@ -9,6 +9,8 @@ clientAuth. The SPIFFE ID is not put in the subject CN.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -146,7 +148,8 @@ class LeafRequest:
             raise InvalidArgumentError(
                 "usages is empty; set spec.usages to [server], [client] or [server, client]"
             )
-        object.__setattr__(self, "usages", frozenset(Usage(u) for u in self.usages))
+        usages = frozenset(Usage(u) for u in self.usages)
+        object.__setattr__(self, "usages", _USAGE_SETS.setdefault(usages, usages))
         object.__setattr__(self, "key_algorithm", KeyAlgorithm(self.key_algorithm))
         if len(self.dns_names) > MAX_DNS_NAMES:
             raise InvalidArgumentError(
@@ -215,9 +218,9 @@ class IssuedLeaf(CertificateValidity):
             else (),
         )
         if issuer is not None and known_issuer:
-            issuer_der = issuer.certificate.public_bytes(serialization.Encoding.DER)
-            facts._issued_by_cache[issuer_der] = True
-            facts._issued_by_cache[b"sig:" + issuer_der] = True  # we signed it just now
+            issued_key, signed_key = _issuer_keys(issuer)
+            facts._issued_by_cache[issued_key] = True
+            facts._issued_by_cache[signed_key] = True  # we signed it just now
         return facts
 
     def secret_data(self, ca_pem: str | bytes) -> dict[str, bytes]:
@@ -355,6 +358,24 @@ def sign_public_key(
 # --------------------------------------------------------------------------- inspection
 
 
+@functools.lru_cache(maxsize=256)
+def _cache_keys(issuer_der: bytes) -> tuple[bytes, bytes]:
+    """The keys of LeafFacts' answer cache for one issuer: (issued_by, signed_by). One pair
+    per issuer, shared by every leaf's cache, so 100,000 leaves do not each hold copies of
+    the issuer's DER (about 1.1 KiB per leaf before)."""
+    digest = hashlib.sha256(issuer_der).digest()
+    return digest, b"sig:" + digest
+
+
+def _issuer_keys(issuer: x509.Certificate | Authority) -> tuple[bytes, bytes]:
+    cert = issuer.certificate if isinstance(issuer, Authority) else issuer
+    return _cache_keys(cert.public_bytes(serialization.Encoding.DER))
+
+
+# The few distinct usage sets, shared by every leaf that has one (a frozenset is ~200 bytes).
+_USAGE_SETS: dict[frozenset[Usage], frozenset[Usage]] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class LeafFacts:
     """What an existing Secret's certificate says, for the renewal decision.
@@ -379,7 +400,8 @@ class LeafFacts:
     issuer_sha256: str | None = None
     intermediates_der: tuple[bytes, ...] = field(default=(), repr=False)
     # Signature checks are the expensive part of a renewal decision; remember the answers,
-    # by the issuer's DER (a parsed issuer from the Secret's own chain would be kept alive).
+    # by a digest of the issuer's DER (a parsed issuer from the Secret's own chain would be
+    # kept alive; see _cache_keys).
     _issued_by_cache: dict[bytes, bool] = field(
         default_factory=dict, repr=False, compare=False, hash=False
     )
@@ -406,7 +428,7 @@ class LeafFacts:
         checked only when a key identifier is missing. This answers "which authority?" for
         renewal; it is not a trust decision (verifiers do that)."""
         cert = issuer.certificate if isinstance(issuer, Authority) else issuer
-        key = cert.public_bytes(serialization.Encoding.DER)
+        key = _issuer_keys(cert)[0]
         answer = self._issued_by_cache.get(key)
         if answer is None:
             answer = _issued(self.certificate, self.authority_key_id, cert)
@@ -418,7 +440,7 @@ class LeafFacts:
         chain). Unlike :meth:`issued_by`, this is evidence: a look-alike that copies the
         issuer name and key identifiers fails it."""
         cert = issuer.certificate if isinstance(issuer, Authority) else issuer
-        key = b"sig:" + cert.public_bytes(serialization.Encoding.DER)
+        key = _issuer_keys(cert)[1]
         answer = self._issued_by_cache.get(key)
         if answer is None:
             leaf = self.certificate
@@ -523,7 +545,7 @@ def inspect_leaf(
         not_before=leaf.not_valid_before_utc,
         not_after=leaf.not_valid_after_utc,
         key_algorithm=key_algorithm,
-        usages=usages,
+        usages=_USAGE_SETS.setdefault(usages, usages),
         is_ca=leaf_is_ca,
         authority_key_id=aki,
         key_matches=key_matches,
@@ -531,5 +553,5 @@ def inspect_leaf(
         intermediates_der=tuple(c.public_bytes(serialization.Encoding.DER) for c in certs[1:]),
     )
     if issuer is not None:
-        facts._issued_by_cache[issuer.public_bytes(serialization.Encoding.DER)] = True
+        facts._issued_by_cache[_issuer_keys(issuer)[0]] = True
     return facts

@@ -180,7 +180,7 @@ class SecretInfo:
             except (PKIError, ValueError, binascii.Error) as exc:
                 error = f"unreadable certificate: {exc}"
         try:
-            ca_sha = hashlib.sha256(_b64(data.get("ca.crt"))).hexdigest()
+            ca_sha = intern(hashlib.sha256(_b64(data.get("ca.crt"))).hexdigest())
         except (ValueError, binascii.Error):
             ca_sha = ""
         return cls(
