@@ -10,7 +10,9 @@
 # server through KUBERNETES_SERVICE_HOST=127.0.0.1 / KUBERNETES_SERVICE_PORT (chart: extraEnv).
 # CNI has one loopback-only network, so the runtime reports its network ready.
 #
-# Environment: CLUSTER_DIR, NODE_DIR, NODE_NAME (default trustwarden-node), NODE_READY_TIMEOUT.
+# Environment: CLUSTER_DIR, NODE_DIR, NODE_NAME (default trustwarden-node), NODE_READY_TIMEOUT,
+# NODE_OCI_RUNTIME (runc | crun), NODE_RUNTIME_TRACE=1 (keep every bundle's config.json),
+# NODE_IMAGES (default "pause operator workload").
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -45,10 +47,16 @@ fi
 [[ -d "$NODE_DIR" ]] && { log "stale node state in $NODE_DIR: cleaning it first"; NODE_DIR="$NODE_DIR" CLUSTER_DIR="$CLUSTER_DIR" "$here/node-down.sh"; }
 
 "$here/build-control-plane.sh" kubelet kube-scheduler containerd
-# runc from Debian's packages; installed only when missing.
-command -v runc >/dev/null || { log "installing runc"; DEBIAN_FRONTEND=noninteractive apt-get install -y -q runc >&2; }
+# The OCI runtime under containerd's runc shim, from Debian's packages (installed only when
+# missing): NODE_OCI_RUNTIME=runc (default) or crun, which takes the same command line.
+OCI_RUNTIME="${NODE_OCI_RUNTIME:-runc}"
+case "$OCI_RUNTIME" in runc|crun) ;; *) die "NODE_OCI_RUNTIME must be runc or crun, got $OCI_RUNTIME";; esac
+command -v "$OCI_RUNTIME" >/dev/null || { log "installing $OCI_RUNTIME"; DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$OCI_RUNTIME" >&2; }
 [[ -x /usr/lib/cni/loopback ]] || { log "installing containernetworking-plugins"; DEBIAN_FRONTEND=noninteractive apt-get install -y -q containernetworking-plugins >&2; }
-images="$("$here/build-images.sh" pause operator workload)"
+# NODE_IMAGES picks the images to build and import (pause is always needed).
+read -r -a image_names <<<"${NODE_IMAGES:-pause operator workload}"
+[[ " ${image_names[*]} " == *" pause "* ]] || image_names=(pause "${image_names[@]}")
+images="$("$here/build-images.sh" "${image_names[@]}")"
 image_ref() { awk -v n="$1" -F'[= ]' '$1==n{print $2}' <<<"$images"; }
 image_tar() { awk -v n="$1" '{split($1,a,"="); if (a[1]==n) print $2}' <<<"$images"; }
 
@@ -70,20 +78,23 @@ cert kubelet-client "/O=system:nodes/CN=system:node:$NODE_NAME" \
   "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth"
 cert kubelet-serving "/O=system:nodes/CN=system:node:$NODE_NAME" \
   "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1"
-cat > "$NODE_DIR/kubelet.kubeconfig" <<KC
+kubeconfig() { # file cert-name: a kubeconfig for the local API server with that client cert
+  cat > "$1" <<KC
 apiVersion: v1
 kind: Config
 clusters:
 - name: local
   cluster: {server: "https://127.0.0.1:$API_PORT", certificate-authority: "$pki/ca.crt"}
 users:
-- name: node
-  user: {client-certificate: "$NODE_DIR/pki/kubelet-client.crt", client-key: "$NODE_DIR/pki/kubelet-client.key"}
+- name: $2
+  user: {client-certificate: "$NODE_DIR/pki/$2.crt", client-key: "$NODE_DIR/pki/$2.key"}
 contexts:
 - name: local
-  context: {cluster: local, user: node}
+  context: {cluster: local, user: $2}
 current-context: local
 KC
+}
+kubeconfig "$NODE_DIR/kubelet.kubeconfig" kubelet-client
 
 start() { # name command...
   local name="$1"; shift
@@ -95,6 +106,44 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # --- containerd ---
 sock="$NODE_DIR/containerd/containerd.sock"
+# containerd calls the runtime through this wrapper. It exists for one reason: the kubelet
+# asks for oomScoreAdj -998 for every pod sandbox (and below 0 for Guaranteed pods), and this
+# host does not give root CAP_SYS_RESOURCE, without which no process may lower its own OOM
+# score. runc then fails inside its init ("failed to update /proc/self/oom_score_adj:
+# Permission denied", surfacing as "can't get final child's PID from pipe: EOF"). The wrapper
+# raises a requested oomScoreAdj to the floor the runtime itself runs with, and changes nothing
+# else. With NODE_RUNTIME_TRACE=1 it also keeps every bundle's config.json (what the CRI asked
+# for) and every command line under runtime-trace/.
+mkdir -p "$NODE_DIR/bin"
+trace_dir=""
+if [[ "${NODE_RUNTIME_TRACE:-0}" == 1 ]]; then trace_dir="$NODE_DIR/runtime-trace"; mkdir -p "$trace_dir"; fi
+cat > "$NODE_DIR/bin/oci-runtime" <<WRAP
+#!/bin/sh
+trace="$trace_dir"
+[ -n "\$trace" ] && echo "\$*" >> "\$trace/commands.log"
+prev=
+for arg in "\$@"; do
+  if [ "\$prev" = --bundle ] || [ "\$prev" = -b ]; then
+    [ -n "\$trace" ] && cp "\$arg/config.json" "\$trace/\$(basename "\$arg").json" 2>/dev/null
+    python3 - "\$arg/config.json" "\$(cat /proc/self/oom_score_adj)" <<'PY' || exit 1
+import json, os, sys
+path, floor = sys.argv[1], int(sys.argv[2])
+with open(path) as f:
+    spec = json.load(f)
+process = spec.get("process") or {}
+if process.get("oomScoreAdj", floor) < floor:
+    process["oomScoreAdj"] = floor
+    with open(path + ".tmp", "w") as f:
+        json.dump(spec, f)
+    os.replace(path + ".tmp", path)
+PY
+  fi
+  prev="\$arg"
+done
+exec "$(command -v "$OCI_RUNTIME")" "\$@"
+WRAP
+chmod 755 "$NODE_DIR/bin/oci-runtime"
+runtime_bin="$NODE_DIR/bin/oci-runtime"
 (( ${#sock} < 100 )) || die "socket path $sock is too long for a unix socket; set NODE_DIR shorter"
 cat > "$NODE_DIR/cni/10-loopback.conflist" <<'CNI'
 {"cniVersion": "1.0.0", "name": "loopback-only", "plugins": [{"type": "loopback"}]}
@@ -121,7 +170,7 @@ state = "$NODE_DIR/containerd/state"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
-        BinaryName = "$(command -v runc)"
+        BinaryName = "$runtime_bin"
         SystemdCgroup = false
   [plugins.'io.containerd.cri.v1.runtime'.cni]
     bin_dirs = ["/usr/lib/cni"]
@@ -138,7 +187,7 @@ until ctr version >/dev/null 2>&1; do
   (( SECONDS < deadline )) || die "containerd not answering after 60s, see $NODE_DIR/logs/containerd.log"
   sleep 0.5
 done
-for n in pause operator workload; do
+for n in "${image_names[@]}"; do
   log "importing $(image_ref $n) into containerd's k8s.io namespace"
   ctr -n k8s.io images import --no-unpack=false "$(image_tar $n)" >>"$NODE_DIR/logs/import.log" 2>&1 \
     || die "importing $n failed, see $NODE_DIR/logs/import.log"
@@ -188,20 +237,7 @@ start kubelet "$KUBELET" --config="$NODE_DIR/kubelet-config.yaml" \
   --hostname-override="$NODE_NAME" --node-ip=127.0.0.1 --v=1
 
 # --- kube-scheduler: pods are bound by a scheduler, as in any cluster ---
-cat > "$NODE_DIR/scheduler.kubeconfig" <<KC
-apiVersion: v1
-kind: Config
-clusters:
-- name: local
-  cluster: {server: "https://127.0.0.1:$API_PORT", certificate-authority: "$pki/ca.crt"}
-users:
-- name: scheduler
-  user: {client-certificate: "$NODE_DIR/pki/scheduler.crt", client-key: "$NODE_DIR/pki/scheduler.key"}
-contexts:
-- name: local
-  context: {cluster: local, user: scheduler}
-current-context: local
-KC
+kubeconfig "$NODE_DIR/scheduler.kubeconfig" scheduler
 cert scheduler "/CN=system:kube-scheduler" \
   "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth"
 start kube-scheduler "$SCHEDULER" --kubeconfig="$NODE_DIR/scheduler.kubeconfig" \
