@@ -16,7 +16,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from e2e.support import (
     custom,
     get_td,
     get_wid,
+    make_test_ca,
     openssl_verify,
     trust_domain,
     wait_for,
@@ -547,24 +548,6 @@ def test_rotation_publishes_the_anchor_before_it_signs(env: Env) -> None:
     assert signed_by[0] in old  # the rotation was observed from before its activation
 
 
-def foreign_ca_pem() -> str:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "not ours")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
 def test_a_cluster_trust_bundle_edited_or_deleted_by_hand_comes_back(env: Env) -> None:
     """The ClusterTrustBundle is watched: an edit that swaps our anchors for a stranger's, and
     a deletion, are both undone from the domain's authorities, without any other trigger."""
@@ -572,7 +555,7 @@ def test_a_cluster_trust_bundle_edited_or_deleted_by_hand_comes_back(env: Env) -
     ours = {x509_sha(c) for c in store_certs(bundle_anchors(env))}
     assert ours
     body = env.admin.ok("GET", path)
-    body["spec"]["trustBundle"] = foreign_ca_pem()
+    body["spec"]["trustBundle"] = make_test_ca("not ours")[0].decode()
     edited = env.admin.ok("PUT", path, body)
     assert {x509_sha(c) for c in store_certs(edited["spec"]["trustBundle"])} != ours
 

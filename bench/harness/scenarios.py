@@ -120,6 +120,23 @@ class Bench:
             f"TrustDomain {name} Ready",
         )
 
+    def rotate(self, td: str, activate_after: str) -> None:
+        """A forced rotation of TrustDomain `td`, as `trustwarden ca rotate` requests it."""
+        client.CustomObjectsApi(self.cluster.api).patch_cluster_custom_object(
+            kube.GROUP,
+            kube.VERSION,
+            "trustdomains",
+            td,
+            {
+                "metadata": {
+                    "annotations": {
+                        "trustwarden.io/rotate": f"bench-{time.time_ns()}",
+                        "trustwarden.io/activate-after": activate_after,
+                    }
+                }
+            },
+        )
+
     def wait(
         self, probe: Callable[[], Any], timeout: float, what: str, interval: float = 0.2
     ) -> Any:
@@ -1007,20 +1024,7 @@ class Bench:
         self.log(
             f"[{name}] emergency rotation (trustwarden.io/rotate, activate-after {activate_after})"
         )
-        client.CustomObjectsApi(self.cluster.api).patch_cluster_custom_object(
-            kube.GROUP,
-            kube.VERSION,
-            "trustdomains",
-            td,
-            {
-                "metadata": {
-                    "annotations": {
-                        "trustwarden.io/rotate": f"bench-{int(time.time())}",
-                        "trustwarden.io/activate-after": activate_after,
-                    }
-                }
-            },
-        )
+        self.rotate(td, activate_after)
         known = {sha for sha, _ in events.authorities.get(td, [])}
         t_act, new = self._await_active(events, td, known, _seconds(activate_after) + 120)
         reissue_rate = _DEFAULTS.reissue_rate or float(len(secrets))
@@ -1096,22 +1100,7 @@ class Bench:
         self.wait_quiet(3)
         window = CpuWindow(self.pids(("trustwarden", op.pid), ("watcher", watcher.pid))).start()
         self.monitor.reset_peak("trustwarden")
-        custom = client.CustomObjectsApi(self.cluster.api)
-        rotation_id = f"bench-{int(time.time())}"
-        custom.patch_cluster_custom_object(
-            kube.GROUP,
-            kube.VERSION,
-            "trustdomains",
-            td,
-            {
-                "metadata": {
-                    "annotations": {
-                        "trustwarden.io/rotate": rotation_id,
-                        "trustwarden.io/activate-after": activate_after,
-                    }
-                }
-            },
-        )
+        self.rotate(td, activate_after)
         t0 = time.time()
 
         def new_sha() -> str | None:
