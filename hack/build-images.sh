@@ -40,6 +40,8 @@ cleanup() {
 }
 trap cleanup EXIT
 bah() { buildah --root "$tmp/storage" --runroot "$tmp/run" --storage-driver overlay "$@"; }
+# RUN steps use Debian's runc by path: buildah would pick crun when it is installed, and crun
+# refuses this host's cgroup v1/v2 hybrid ("cgroups in hybrid mode not supported").
 
 publish() { # name key ref: move $tmp/<name>.tar into the cache atomically
   local dest="$IMAGES/$1/$2"
@@ -125,7 +127,7 @@ build_operator() {
     # pip reaches PyPI through this host's network and so needs this host's CA bundle (a TLS
     # proxy may sit in between): bound over the base's bundle for the RUN steps only, never
     # written into the image.
-    bah bud --quiet --pull=never --network host --layers=false \
+    bah bud --runtime "$(command -v runc)" --quiet --pull=never --network host --layers=false \
       --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
       --build-arg "PYTHON_VERSION=$(cat "$base/python-version")" \
       -f "$repo/Dockerfile" -t "$ref" "$repo" >&2 || die "buildah bud of the Dockerfile failed"
@@ -144,7 +146,7 @@ build_workload() {
   if [[ ! -f "$IMAGES/workload/$key/.complete" ]]; then
     load_base
     log "workload: buildah bud of hack/node/workload"
-    bah bud --quiet --pull=never --network none --build-arg "BASE_IMAGE=$(cat "$base/name")" \
+    bah bud --runtime "$(command -v runc)" --quiet --pull=never --network none --build-arg "BASE_IMAGE=$(cat "$base/name")" \
       -t "$ref" "$repo/hack/node/workload" >&2 || die "buildah bud of the workload failed"
     bah push --quiet "$ref" "docker-archive:$tmp/workload.tar:$ref"
     publish workload "$key" "$ref"
@@ -153,6 +155,7 @@ build_workload() {
 }
 
 need buildah buildah
+need runc runc
 names=("$@"); [[ ${#names[@]} -gt 0 ]] || names=(pause base operator workload)
 start=$SECONDS
 for n in "${names[@]}"; do

@@ -252,4 +252,12 @@ until [[ "$(kc get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type==
   (( SECONDS < deadline )) || die "node $NODE_NAME not Ready after ${READY_TIMEOUT}s, see $NODE_DIR/logs/kubelet.log"
   sleep 1
 done
+# The kubelet refuses a loopback --node-ip ("nodeIP can't be loopback address") and then
+# publishes no address at all: the API server cannot reach it for logs and exec ("no preferred
+# addresses found"), and hostNetwork pods get no IP (so no Service endpoints). Every other
+# address of this host is off limits, so the Node's addresses are set here, once; the kubelet
+# keeps what it cannot compute itself.
+kc patch node "$NODE_NAME" --subresource=status --type=merge -p \
+  "{\"status\":{\"addresses\":[{\"type\":\"InternalIP\",\"address\":\"127.0.0.1\"},{\"type\":\"Hostname\",\"address\":\"$NODE_NAME\"}]}}" >/dev/null \
+  || die "could not set the addresses of Node $NODE_NAME"
 log "node $NODE_NAME Ready (kubelet on 127.0.0.1:$KUBELET_PORT, containerd at $sock)"
