@@ -82,6 +82,29 @@ def off_schedule(
     return early
 
 
+def ahead_of_renew_at(
+    histories: Mapping[Key, Sequence[Version]], since: float, slack_s: float
+) -> tuple[int, int]:
+    """Re-issues after `since`: (ahead, due). A re-issue is *due* when it came at or after
+    the renew-at its previous version announced (less `slack_s`), *ahead* otherwise. After a
+    restart only the ahead ones are the restart's doing; the due ones are ordinary renewals."""
+    ahead = due = 0
+    for versions in histories.values():
+        for before, after in itertools.pairwise(versions):
+            if after[0] < since:
+                continue
+            at = (
+                datetime.fromisoformat(before[3].replace("Z", "+00:00")).timestamp()
+                if before[3]
+                else None
+            )
+            if at is not None and after[0] >= at - slack_s:
+                due += 1
+            else:
+                ahead += 1
+    return ahead, due
+
+
 def verification_gaps(
     histories: Mapping[Key, Sequence[Version]],
     bundles: Mapping[str, Sequence[tuple[float, Sequence[str]]]],

@@ -494,10 +494,18 @@ class Bench:
             path = profiler.stop()
             profile_result = analyse(path) if path else {"error": profiler.error}
         events.poll()
-        reissued = sum(
+        changed = sum(
             1
             for key in secrets
             if key in events.secrets and events.secrets[key].serial != before.get(key)
+        )
+        # A long burst leaves leaves at their renew point by the time of the restart: those
+        # renewals are due, not the restart's doing. Only a re-issue ahead of the renew-at its
+        # previous version announced counts as re-issued.
+        reissued, renewals_due = rollover.ahead_of_renew_at(
+            {k: events.secrets[k].history for k in secrets if k in events.secrets},
+            t0,
+            slack_s=5.0,
         )
         requests = self.requests("trustwarden", t0, t_end)
         secret_writes = sum(
@@ -511,6 +519,8 @@ class Bench:
                 "ready_s": round(ready - t0, 2),
                 "initial_listing_s": round(listed - t0, 2),
                 "reissued": reissued,
+                "renewals_due": renewals_due,
+                "secrets_changed": changed,
                 "secret_writes": secret_writes,
                 "observed_for_s": round(t_end - t0, 1),
                 "api_requests": requests,
@@ -529,7 +539,8 @@ class Bench:
             result["crypto_cpu_share"] = profile_result.get("crypto_share")
         self.log(
             f"  ready in {result['ready_s']}s (listing {result['initial_listing_s']}s), "
-            f"{reissued} re-issued, {secret_writes} Secret writes, peak RSS {result['peak_rss_mib']} MiB"
+            f"{reissued} re-issued ahead of their renew-at, {renewals_due} renewals due, "
+            f"{secret_writes} Secret writes, peak RSS {result['peak_rss_mib']} MiB"
         )
         state["op"] = op
         return result

@@ -73,3 +73,13 @@ def test_an_anchor_dropped_under_a_current_leaf_is_a_gap() -> None:
     assert len(gaps) == 1 and "dropped anchor" in gaps[0] and "1 current leaf" in gaps[0]
     # another namespace's bundle never judges this one's leaves
     assert rollover.verification_gaps(histories, {"other": [(0.0, [])]}) == []
+
+
+def test_after_a_restart_only_re_issues_ahead_of_renew_at_count() -> None:
+    histories = {
+        ("ns", "due"): [(0.0, "1", OLD, "1970-01-01T00:01:40Z"), (101.0, "2", OLD, None)],
+        ("ns", "ahead"): [(0.0, "3", OLD, "1970-01-01T00:01:40Z"), (60.0, "4", OLD, None)],
+        ("ns", "before-restart"): [(0.0, "5", OLD, None), (10.0, "6", OLD, None)],
+        ("ns", "no-renew-at"): [(0.0, "7", OLD, None), (70.0, "8", OLD, None)],
+    }
+    assert rollover.ahead_of_renew_at(histories, since=50.0, slack_s=5.0) == (2, 1)
