@@ -63,6 +63,12 @@ def moves(histories: Mapping[Key, Sequence[Version]], new_issuer: str) -> dict[K
     return out
 
 
+def _renew_at(version: Version) -> float | None:
+    """The renew-at a version announced, as a timestamp (None if it announced none)."""
+    text = version[3]
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() if text else None
+
+
 def off_schedule(
     histories: Mapping[Key, Sequence[Version]], new_issuer: str, slack_s: float
 ) -> list[tuple[Key, float]]:
@@ -74,10 +80,9 @@ def off_schedule(
         for before, after in itertools.pairwise(versions):
             if after[2] != new_issuer or before[2] == new_issuer:
                 continue
-            if before[3]:
-                due = datetime.fromisoformat(before[3].replace("Z", "+00:00")).timestamp()
-                if after[0] < due - slack_s:
-                    early.append((key, round(due - after[0], 1)))
+            due = _renew_at(before)
+            if due is not None and after[0] < due - slack_s:
+                early.append((key, round(due - after[0], 1)))
             break
     return early
 
@@ -93,11 +98,7 @@ def ahead_of_renew_at(
         for before, after in itertools.pairwise(versions):
             if after[0] < since:
                 continue
-            at = (
-                datetime.fromisoformat(before[3].replace("Z", "+00:00")).timestamp()
-                if before[3]
-                else None
-            )
+            at = _renew_at(before)
             if at is not None and after[0] >= at - slack_s:
                 due += 1
             else:

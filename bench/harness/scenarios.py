@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -885,9 +886,9 @@ class Bench:
         from its 5/6 point, so the successor is prepared at once and activates on schedule
         while the leaves are live. Measured: renewals per second in two renewal periods
         (2 x renew_at x ttl) after the activation against as long before it (the hand-over
-        must not be a storm), leaves
-        that moved ahead of their own renew-at, and verification gaps (a current leaf whose
-        issuer's anchor is not in its namespace bundle). Then `trustwarden.io/rotate` with
+        must not be a storm), leaves that moved ahead of their own renew-at, and
+        verification gaps (a current leaf whose issuer's anchor is not in its namespace
+        bundle). Then `trustwarden.io/rotate` with
         `emergency_after` retires the new authority early: every leaf is re-issued at once,
         paced by the operator's --reissue-rate; its rate and the operator's 429s are reported."""
         activate_at = time.time() + activate_in
@@ -953,11 +954,9 @@ class Bench:
                 "api_writes_per_renewal": round(requests["writes"] / max(after.count, 1), 3),
                 "cpu_s": usage["cpu_s"].get("trustwarden"),
             }
+            per_second = Counter(int(t - t_act + window_s) for t in times)
             self.samples[name] = {
-                "renewals_per_s": [
-                    sum(1 for t in times if int(t - t_act + window_s) == i)
-                    for i in range(int(2 * window_s))
-                ]
+                "renewals_per_s": [per_second[i] for i in range(int(2 * window_s))]
             }
             self.log(
                 f"  scheduled: {len(moved)}/{len(secrets)} moved, {len(early)} ahead of their "
@@ -965,7 +964,7 @@ class Bench:
                 f"after mean {after.mean_per_s:.1f} peak {after.peak_per_s} "
                 f"(peak/mean {after.peak_to_mean}); {len(gaps)} verification gaps"
             )
-            result.update(self._emergency(name, state, secrets, new, emergency_after))
+            result.update(self._emergency(name, state, secrets, emergency_after))
             sched = result["scheduled"]
             result["peak_to_mean"] = sched["renewals_after"]["peak_to_mean"]
             result["certs_per_s"] = sched["renewals_after"]["mean_per_s"]
@@ -974,8 +973,8 @@ class Bench:
             result["errors"] = (
                 (len(secrets) - len(moved))
                 + len(gaps)
-                + len(result["emergency"].get("gap_samples") or ())
-                + result["emergency"].get("not_reissued", 0)
+                + result["emergency"]["verification_gaps"]
+                + result["emergency"]["not_reissued"]
             )
             return result
         finally:
@@ -1027,7 +1026,6 @@ class Bench:
         name: str,
         state: dict[str, Any],
         secrets: set[tuple[str, str]],
-        current: str,
         activate_after: str,
     ) -> dict[str, Any]:
         events: Events = state["events"]
