@@ -239,6 +239,17 @@ def bundle_data(cluster: Cluster, namespace: str) -> dict[str, str] | None:
     return dict(cm.data or {})
 
 
+def crl_serials(cluster: Cluster, namespace: str, trust_domain: str) -> set[int]:
+    """Every serial revoked in the namespace bundle's CRLs of `trust_domain` (one CRL per
+    live authority, concatenated)."""
+    pem = (bundle_data(cluster, namespace) or {}).get(f"{trust_domain}.crl.pem", "")
+    serials: set[int] = set()
+    for block in pem.split("-----END X509 CRL-----")[:-1]:
+        crl = x509.load_pem_x509_crl((block + "-----END X509 CRL-----\n").encode())
+        serials.update(entry.serial_number for entry in crl)
+    return serials
+
+
 def leaf_of(chain_pem: bytes) -> x509.Certificate:
     return x509.load_pem_x509_certificates(chain_pem)[0]
 

@@ -26,6 +26,7 @@ from e2e.support import (
     Cluster,
     apply_body,
     bundle_data,
+    crl_serials,
     custom,
     get_td,
     get_wid,
@@ -100,16 +101,6 @@ def shared_identity(
 def secret_json(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     result = cluster.kubectl("get", "secret", name, "-n", namespace, "-o", "json")
     return dict(json.loads(result.stdout))
-
-
-def crl_serials(cluster: Cluster, namespace: str, trust_domain: str) -> set[int]:
-    bundle = bundle_data(cluster, namespace) or {}
-    pem = bundle.get(f"{trust_domain}.crl.pem", "")
-    serials: set[int] = set()
-    for block in pem.split("-----END X509 CRL-----")[:-1]:
-        crl = x509.load_pem_x509_crl((block + "-----END X509 CRL-----\n").encode())
-        serials.update(entry.serial_number for entry in crl)
-    return serials
 
 
 def sha(cert: x509.Certificate) -> str:

@@ -35,7 +35,7 @@ from e2e.support import (
     VERSION,
     Cluster,
     apply_identity,
-    bundle_data,
+    crl_serials,
     custom,
     get_td,
     get_wid,
@@ -330,18 +330,8 @@ def delete_pod(env: Env, name: str) -> None:
     )
 
 
-def crl_serials(env: Env) -> set[int]:
-    data = bundle_data(env.cluster, env.namespace) or {}
-    pem = data.get(f"{env.trust_domain}.crl.pem")
-    if not pem:
-        return set()
-    # One CRL per live authority of the domain, concatenated.
-    blocks = [b for b in pem.split("-----END X509 CRL-----") if "BEGIN X509 CRL" in b]
-    return {
-        r.serial_number
-        for block in blocks
-        for r in x509.load_pem_x509_crl((block + "-----END X509 CRL-----\n").encode())
-    }
+def revoked_serials(env: Env) -> set[int]:
+    return crl_serials(env.cluster, env.namespace, env.trust_domain)
 
 
 # --------------------------------------------------------------------------- the assertions
@@ -593,7 +583,7 @@ def test_pod_deletion_and_restart_revoke_and_resume(env: Env, operator_slot: Ope
     pod = make_pod(env, "short-lived", {"app": "web"})
     serials = {chain_of(issued(env, pod))[0].serial_number for _ in range(2)}
     delete_pod(env, "short-lived")
-    wait_for(lambda: serials <= crl_serials(env), timeout=60, what="both serials in the CRL")
+    wait_for(lambda: serials <= revoked_serials(env), timeout=60, what="both serials in the CRL")
     # Across a restart: a pod deleted and a PCR created while the operator is down.
     survivor = make_pod(env, "survivor", {"app": "web"})
     kept = issued(env, survivor)
@@ -610,13 +600,13 @@ def test_pod_deletion_and_restart_revoke_and_resume(env: Env, operator_slot: Ope
     cond = outcome(after)
     assert cond is not None and cond["type"] == "Issued", cond
     wait_for(
-        lambda: doomed_serial in crl_serials(env),
+        lambda: doomed_serial in revoked_serials(env),
         timeout=60,
         what="the serial of the pod deleted while down in the CRL",
     )
     assert kept["status"]["certificateChain"] and chain_of(kept)[
         0
-    ].serial_number not in crl_serials(env)
+    ].serial_number not in revoked_serials(env)
     for before in (kept, denied):
         current = read_pcr(env, before["metadata"]["name"])
         assert current["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]

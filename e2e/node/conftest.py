@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from e2e.support import REPO, Cluster
+from e2e.operator import OperatorProcess
+from e2e.support import REPO, Cluster, trust_domain
 
 
 @dataclass(frozen=True)
@@ -32,3 +33,10 @@ def node(cluster: Cluster) -> Iterator[Node]:
         yield Node(name=name, images=images)
     finally:
         subprocess.run([str(REPO / "hack" / "node-down.sh")], check=True, env=env, timeout=300)
+
+
+@pytest.fixture
+def domain(cluster: Cluster, operator: OperatorProcess) -> Iterator[tuple[str, str]]:
+    """A fresh TrustDomain (object name, SPIFFE trust domain) under the suite's operator."""
+    with trust_domain(cluster) as created:
+        yield created

@@ -7,35 +7,24 @@ import json
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-from cryptography import x509
-
 from e2e.node.conftest import Node
-from e2e.operator import TRUSTWARDEN, OperatorProcess
+from e2e.operator import TRUSTWARDEN
 from e2e.support import (
     Cluster,
     apply_body,
     apply_identity,
-    bundle_data,
+    crl_serials,
     get_td,
     get_wid,
     secret_data,
     serial_of,
-    trust_domain,
     wait_condition,
     wait_for,
 )
 
 INJECT = {"trustwarden.io/inject": "enabled"}
-
-
-@pytest.fixture
-def domain(cluster: Cluster, operator: OperatorProcess) -> Iterator[tuple[str, str]]:
-    with trust_domain(cluster) as created:
-        yield created
 
 
 def free_port() -> int:
@@ -227,15 +216,8 @@ def test_deleting_a_real_pod_revokes_its_serial(
             lambda: secret_data(cluster, ns, secret) is None, timeout=60, what="the Secret deleted"
         )
 
-        def revoked() -> bool:
-            pem = (bundle_data(cluster, ns) or {}).get(f"{td_name}.crl.pem") or ""
-            blocks = [b for b in pem.split("-----END X509 CRL-----") if "BEGIN X509 CRL" in b]
-            return any(
-                x509.load_pem_x509_crl(
-                    (b + "-----END X509 CRL-----\n").encode()
-                ).get_revoked_certificate_by_serial_number(serial)
-                is not None
-                for b in blocks
-            )
-
-        wait_for(revoked, timeout=60, what=f"serial {serial:x} in the namespace CRL")
+        wait_for(
+            lambda: serial in crl_serials(cluster, ns, td_name),
+            timeout=60,
+            what=f"serial {serial:x} in the namespace CRL",
+        )

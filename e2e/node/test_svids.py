@@ -4,21 +4,11 @@ it, and the container prints the SPIFFE ID it presents."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-
-import pytest
 
 from e2e.node.conftest import Node
-from e2e.operator import OperatorProcess
-from e2e.support import Cluster, apply_identity, get_wid, trust_domain, wait_condition, wait_for
+from e2e.support import Cluster, apply_identity, get_wid, wait_condition, wait_for
 
 INJECT = {"trustwarden.io/inject": "enabled"}
-
-
-@pytest.fixture
-def domain(cluster: Cluster, operator: OperatorProcess) -> Iterator[tuple[str, str]]:
-    with trust_domain(cluster) as created:
-        yield created
 
 
 def test_three_replicas_print_their_own_spiffe_id(
