@@ -10,7 +10,13 @@
 # server through KUBERNETES_SERVICE_HOST=127.0.0.1 / KUBERNETES_SERVICE_PORT (chart: extraEnv).
 # CNI has one loopback-only network, so the runtime reports its network ready.
 #
+# More nodes: run it again with another NODE_DIR, NODE_NAME and NODE_IP (a loopback address,
+# e.g. 127.0.0.2) and NODE_SCHEDULER=0; each node has its own containerd, kubelet, ports and
+# cgroup subtree, and one kube-scheduler serves them all. hostNetwork pods on that node get
+# NODE_IP as their IP, so two replicas that bind their pod IP never collide.
+#
 # Environment: CLUSTER_DIR, NODE_DIR, NODE_NAME (default trustwarden-node), NODE_READY_TIMEOUT,
+# NODE_IP (default 127.0.0.1; must be in 127.0.0.0/8), NODE_SCHEDULER (default 1),
 # NODE_OCI_RUNTIME (runc | crun), NODE_RUNTIME_TRACE=1 (keep every bundle's config.json),
 # NODE_IMAGES (default "pause operator workload").
 set -euo pipefail
@@ -22,8 +28,12 @@ source "$here/versions.env"
 CACHE_ROOT="${TRUSTWARDEN_CACHE:-$HOME/.cache/trustwarden}"
 CLUSTER_DIR="${CLUSTER_DIR:-$repo/.cluster}"
 NODE_DIR="${NODE_DIR:-$CLUSTER_DIR/node}"
+# Absolute: containerd, the kubelet and the shims all take paths under it.
+[[ "$NODE_DIR" == /* ]] || NODE_DIR="$PWD/$NODE_DIR"
 NODE_NAME="${NODE_NAME:-trustwarden-node}"
 READY_TIMEOUT="${NODE_READY_TIMEOUT:-180}"
+NODE_IP="${NODE_IP:-127.0.0.1}"
+NODE_SCHEDULER="${NODE_SCHEDULER:-1}"
 KUBECTL="$CACHE_ROOT/kubernetes/$KUBE_VERSION/kubectl"
 KUBELET="$CACHE_ROOT/kubelet/$KUBE_VERSION/kubelet"
 SCHEDULER="$CACHE_ROOT/kube-scheduler/$KUBE_VERSION/kube-scheduler"
@@ -34,17 +44,11 @@ log() { printf '[node-up %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 kc() { "$KUBECTL" --kubeconfig "$CLUSTER_DIR/kubeconfig" "$@"; }
 
+# Loopback only: any other address of this host is off limits (docs/install.md section 10).
+[[ "$NODE_IP" =~ ^127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$ ]] || die "NODE_IP must be a loopback address (127.x.y.z), got $NODE_IP"
 [[ -f "$CLUSTER_DIR/ports.env" ]] || die "no control plane in $CLUSTER_DIR (run hack/cluster-up.sh first)"
 # shellcheck disable=SC1091
 source "$CLUSTER_DIR/ports.env"
-
-alive() { [[ -f "$NODE_DIR/pids/$1.pid" ]] && kill -0 "$(cat "$NODE_DIR/pids/$1.pid")" 2>/dev/null; }
-if alive kubelet && alive containerd && alive kube-scheduler \
-   && [[ "$(kc get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]; then
-  log "reusing the ready node $NODE_NAME in $NODE_DIR"
-  exit 0
-fi
-[[ -d "$NODE_DIR" ]] && { log "stale node state in $NODE_DIR: cleaning it first"; NODE_DIR="$NODE_DIR" CLUSTER_DIR="$CLUSTER_DIR" "$here/node-down.sh"; }
 
 "$here/build-control-plane.sh" kubelet kube-scheduler containerd
 # The OCI runtime under containerd's runc shim, from Debian's packages (installed only when
@@ -59,6 +63,17 @@ read -r -a image_names <<<"${NODE_IMAGES:-pause operator workload}"
 images="$("$here/build-images.sh" "${image_names[@]}")"
 image_ref() { awk -v n="$1" -F'[= ]' '$1==n{print $2}' <<<"$images"; }
 image_tar() { awk -v n="$1" '{split($1,a,"="); if (a[1]==n) print $2}' <<<"$images"; }
+
+alive() { [[ -f "$NODE_DIR/pids/$1.pid" ]] && kill -0 "$(cat "$NODE_DIR/pids/$1.pid")" 2>/dev/null; }
+# A running node is reused only with the images just built (a changed source tree builds a
+# new operator image; the node must run that one).
+if alive kubelet && alive containerd && { [[ "$NODE_SCHEDULER" != 1 ]] || alive kube-scheduler; } \
+   && [[ "$(cat "$NODE_DIR/images" 2>/dev/null)" == "$images" ]] \
+   && [[ "$(kc get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]; then
+  log "reusing the ready node $NODE_NAME in $NODE_DIR"
+  exit 0
+fi
+[[ -d "$NODE_DIR" ]] && { log "stale node state in $NODE_DIR: cleaning it first"; NODE_DIR="$NODE_DIR" CLUSTER_DIR="$CLUSTER_DIR" "$here/node-down.sh"; }
 
 mkdir -p "$NODE_DIR"/{pids,logs,pki,cni,containerd,kubelet,pod-logs}
 chmod 700 "$NODE_DIR"
@@ -77,7 +92,7 @@ cert() { # name subject ext
 cert kubelet-client "/O=system:nodes/CN=system:node:$NODE_NAME" \
   "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth"
 cert kubelet-serving "/O=system:nodes/CN=system:node:$NODE_NAME" \
-  "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1"
+  "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:$NODE_IP"
 kubeconfig() { # file cert-name: a kubeconfig for the local API server with that client cert
   cat > "$1" <<KC
 apiVersion: v1
@@ -102,7 +117,7 @@ start() { # name command...
   setsid "$@" >"$NODE_DIR/logs/$name.log" 2>&1 < /dev/null &
   echo $! > "$NODE_DIR/pids/$name.pid"
 }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+free_port() { python3 -c 'import socket, sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1]); s.close()' "$NODE_IP"; }
 
 # --- containerd ---
 sock="$NODE_DIR/containerd/containerd.sock"
@@ -176,7 +191,7 @@ state = "$NODE_DIR/containerd/state"
     bin_dirs = ["/usr/lib/cni"]
     conf_dir = "$NODE_DIR/cni"
 [plugins.'io.containerd.grpc.v1.cri']
-  stream_server_address = "127.0.0.1"
+  stream_server_address = "$NODE_IP"
   stream_server_port = "0"
 TOML
 PATH="$CTRD:$PATH" start containerd "$CTRD/containerd" --config "$NODE_DIR/containerd/config.toml"
@@ -205,10 +220,10 @@ KUBELET_PORT="$(free_port)"; HEALTHZ_PORT="$(free_port)"
 cat > "$NODE_DIR/kubelet-config.yaml" <<YAML
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: 127.0.0.1
+address: $NODE_IP
 port: $KUBELET_PORT
 readOnlyPort: 0
-healthzBindAddress: 127.0.0.1
+healthzBindAddress: $NODE_IP
 healthzPort: $HEALTHZ_PORT
 tlsCertFile: $NODE_DIR/pki/kubelet-serving.crt
 tlsPrivateKeyFile: $NODE_DIR/pki/kubelet-serving.key
@@ -234,30 +249,32 @@ resolvConf: ""
 YAML
 start kubelet "$KUBELET" --config="$NODE_DIR/kubelet-config.yaml" \
   --kubeconfig="$NODE_DIR/kubelet.kubeconfig" --root-dir="$NODE_DIR/kubelet" \
-  --hostname-override="$NODE_NAME" --node-ip=127.0.0.1 --v=1
+  --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" --v=1
 
-# --- kube-scheduler: pods are bound by a scheduler, as in any cluster ---
-kubeconfig "$NODE_DIR/scheduler.kubeconfig" scheduler
-cert scheduler "/CN=system:kube-scheduler" \
-  "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth"
-start kube-scheduler "$SCHEDULER" --kubeconfig="$NODE_DIR/scheduler.kubeconfig" \
-  --authentication-kubeconfig="$NODE_DIR/scheduler.kubeconfig" \
-  --authorization-kubeconfig="$NODE_DIR/scheduler.kubeconfig" \
-  --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false --v=1
+# --- kube-scheduler: pods are bound by a scheduler, as in any cluster (one for all nodes) ---
+if [[ "$NODE_SCHEDULER" == 1 ]]; then
+  kubeconfig "$NODE_DIR/scheduler.kubeconfig" scheduler
+  cert scheduler "/CN=system:kube-scheduler" \
+    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth"
+  start kube-scheduler "$SCHEDULER" --kubeconfig="$NODE_DIR/scheduler.kubeconfig" \
+    --authentication-kubeconfig="$NODE_DIR/scheduler.kubeconfig" \
+    --authorization-kubeconfig="$NODE_DIR/scheduler.kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false --v=1
+fi
 
 deadline=$((SECONDS + READY_TIMEOUT))
 until [[ "$(kc get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]; do
   alive kubelet || die "kubelet exited, see $NODE_DIR/logs/kubelet.log: $(grep -E 'E[0-9]{4}|run.go' "$NODE_DIR/logs/kubelet.log" | tail -3)"
-  alive kube-scheduler || die "kube-scheduler exited, see $NODE_DIR/logs/kube-scheduler.log"
+  [[ "$NODE_SCHEDULER" != 1 ]] || alive kube-scheduler || die "kube-scheduler exited, see $NODE_DIR/logs/kube-scheduler.log"
   (( SECONDS < deadline )) || die "node $NODE_NAME not Ready after ${READY_TIMEOUT}s, see $NODE_DIR/logs/kubelet.log"
   sleep 1
 done
 # The kubelet refuses a loopback --node-ip ("nodeIP can't be loopback address") and then
 # publishes no address at all: the API server cannot reach it for logs and exec ("no preferred
 # addresses found"), and hostNetwork pods get no IP (so no Service endpoints). Every other
-# address of this host is off limits, so the Node's addresses are set here, once; the kubelet
-# keeps what it cannot compute itself.
+# address of this host is off limits, so the Node's addresses (NODE_IP) are set here, once; the
+# kubelet keeps what it cannot compute itself.
 kc patch node "$NODE_NAME" --subresource=status --type=merge -p \
-  "{\"status\":{\"addresses\":[{\"type\":\"InternalIP\",\"address\":\"127.0.0.1\"},{\"type\":\"Hostname\",\"address\":\"$NODE_NAME\"}]}}" >/dev/null \
+  "{\"status\":{\"addresses\":[{\"type\":\"InternalIP\",\"address\":\"$NODE_IP\"},{\"type\":\"Hostname\",\"address\":\"$NODE_NAME\"}]}}" >/dev/null \
   || die "could not set the addresses of Node $NODE_NAME"
-log "node $NODE_NAME Ready (kubelet on 127.0.0.1:$KUBELET_PORT, containerd at $sock)"
+log "node $NODE_NAME Ready (kubelet on $NODE_IP:$KUBELET_PORT, containerd at $sock)"

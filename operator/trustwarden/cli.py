@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import shutil
@@ -47,7 +48,17 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument(
         "--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0 disables)"
     )
-    run.add_argument("--metrics-address", default=None, help="metrics bind address")
+    run.add_argument(
+        "--bind-address",
+        default=os.environ.get("TRUSTWARDEN_BIND_ADDRESS"),
+        metavar="IP",
+        help="address the webhook, health and metrics ports listen on (default 0.0.0.0; "
+        "127.0.0.1 with --local). A hostNetwork pod binds its pod IP, so replicas that "
+        "share a host never collide and nothing listens on the host's other interfaces",
+    )
+    run.add_argument(
+        "--metrics-address", default=None, help="metrics bind address (default: --bind-address)"
+    )
     run.add_argument(
         "--health-port", type=int, default=8081, help="liveness /healthz port (0 disables)"
     )
@@ -97,7 +108,9 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     run.add_argument("--lease-duration", type=float, default=15.0, help="leader lease seconds")
     run.add_argument(
-        "--identity", default=None, help="leader-election identity (default: host-pid-random)"
+        "--identity",
+        default=None,
+        help="leader-election identity (default: $POD_NAME or host name, pid, random)",
     )
     run.add_argument(
         "--propagation-delay",
@@ -371,7 +384,10 @@ def _run(args: argparse.Namespace) -> int:
     )
     logging.getLogger("kopf").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per admission review
-    identity = args.identity or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    # In a pod the chart sets POD_NAME, so the Lease names the pod (a hostNetwork pod's host
+    # name is its node's); pid and a random part keep a restarted container a new candidate.
+    host = os.environ.get("POD_NAME") or socket.gethostname()
+    identity = args.identity or f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     propagation_delay = _run_duration(args.propagation_delay, "--propagation-delay")
     min_activate_after = _run_duration(args.min_activate_after, "--min-activate-after")
     ca_recovery_grace = _run_duration(args.ca_recovery_grace, "--ca-recovery-grace")
@@ -393,16 +409,24 @@ def _run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--ledger-shards must be at least 1, got {args.ledger_shards}")
     if not 0 <= args.max_jitter < 1:
         raise SystemExit(f"--max-jitter must be in [0, 1), got {args.max_jitter}")
+    bind_address = args.bind_address or ("127.0.0.1" if args.local else "0.0.0.0")  # noqa: S104
+    try:
+        ipaddress.ip_address(bind_address)
+    except ValueError:
+        raise SystemExit(
+            f"--bind-address must be an IP address (e.g. the pod IP), got {bind_address!r}"
+        ) from None
     config = OperatorConfig(
         operator_namespace=args.namespace,
         local=args.local,
         kubeconfig=args.kubeconfig,
         context=args.context,
         watch_namespaces=list(args.watch_namespace),
-        metrics_address=args.metrics_address or ("127.0.0.1" if args.local else "0.0.0.0"),  # noqa: S104
+        metrics_address=args.metrics_address or bind_address,
         metrics_port=args.metrics_port,
+        health_address=bind_address,
         health_port=args.health_port,
-        webhook_address="127.0.0.1" if args.local else "0.0.0.0",  # noqa: S104
+        webhook_address=bind_address,
         webhook_port=args.webhook_port,
         webhook_service=args.webhook_service,
         webhook_configuration=args.webhook_configuration,

@@ -332,3 +332,34 @@ def test_every_engine_setting_is_a_run_flag(monkeypatch: pytest.MonkeyPatch) -> 
     assert (engine.reissue_rate, engine.cluster_domain) == (7.0, "c.test")
     with pytest.raises(SystemExit, match="--ledger-interval must be positive"):
         cli.main(["run", "--local", "--ledger-interval", "0s"])
+
+
+def test_bind_address_sets_every_listener_and_pod_name_the_identity(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hostNetwork pod binds its pod IP (the chart passes --bind-address=$(POD_IP)), and
+    the Lease names the pod, not the node whose host name a hostNetwork pod has."""
+    from trustwarden.handlers import runner
+
+    seen = []
+
+    async def fake_run(config: Any) -> None:
+        seen.append(config)
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    monkeypatch.setenv("POD_NAME", "tw-7c9f-abcde")
+    assert cli.main(["run", "--bind-address", "127.0.0.2"]) == 0
+    config = seen.pop()
+    addresses = (config.webhook_address, config.health_address, config.metrics_address)
+    assert addresses == ("127.0.0.2",) * 3
+    assert config.identity.startswith("tw-7c9f-abcde-")
+    assert cli.main(["run", "--bind-address", "::1", "--metrics-address", "0.0.0.0"]) == 0
+    config = seen.pop()
+    assert (config.webhook_address, config.metrics_address) == ("::1", "0.0.0.0")
+    monkeypatch.delenv("POD_NAME")
+    assert cli.main(["run"]) == 0
+    assert seen.pop().webhook_address == "0.0.0.0"
+    assert cli.main(["run", "--local"]) == 0
+    assert seen.pop().health_address == "127.0.0.1"
+    with pytest.raises(SystemExit, match="--bind-address must be an IP address"):
+        cli.main(["run", "--bind-address", "node-a"])

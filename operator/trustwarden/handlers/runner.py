@@ -334,7 +334,8 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
                 _keep_ca_bundle(shared, config, serving, operator_stop), name="webhook-ca-bundle"
             )
         )
-    liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
+    host = f"[{config.health_address}]" if ":" in config.health_address else config.health_address
+    liveness = f"http://{host}:{config.health_port}/healthz" if config.health_port else None
     try:
         await kopf.operator(
             registry=registry,

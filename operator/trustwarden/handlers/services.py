@@ -23,6 +23,7 @@ class OperatorConfig:
     watch_namespaces: list[str] = field(default_factory=list)
     metrics_address: str = "0.0.0.0"  # noqa: S104 - scraped from other pods in-cluster
     metrics_port: int = 8080
+    health_address: str = "0.0.0.0"  # noqa: S104 - probed by the kubelet
     health_port: int = 8081
     webhook_address: str = "0.0.0.0"  # noqa: S104
     webhook_port: int = 9443
