@@ -140,7 +140,9 @@ def env(
             lambda: (
                 (get_td(cluster, domain).get("status") or {}).get("signer", {}).get("available")
             ),
-            timeout=60,
+            # A fresh operator lists every pod, request and bundle first; on a loaded 2-core
+            # box that took over 60 s once (a deadline, not a timing assertion).
+            timeout=180,
             what="the signer to be available",
         )
         yield Env(
