@@ -43,3 +43,35 @@ def shared_identity_body(namespace: str, name: str, domain: str, **spec: Any) ->
     return identity_body(
         namespace, name, domain, delivery={"mode": "Shared", "secretName": f"{name}-svid"}, **spec
     )
+
+
+def pod_certificate_volume(
+    signer: str, *, key_type: str = "ECDSAP256", max_expiration_seconds: int = 86400
+) -> dict[str, Any]:
+    """The projected volume `svid` of deploy/examples/pod-certificate.yaml: the kubelet's key
+    and chain (tls.key, tls.crt) from `signer`, and its ClusterTrustBundle anchors (ca.crt)."""
+    return {
+        "name": "svid",
+        "projected": {
+            "sources": [
+                {
+                    "podCertificate": {
+                        "signerName": signer,
+                        "keyType": key_type,
+                        "maxExpirationSeconds": max_expiration_seconds,
+                        "keyPath": "tls.key",
+                        "certificateChainPath": "tls.crt",
+                    }
+                },
+                {
+                    "clusterTrustBundle": {
+                        "signerName": signer,
+                        "labelSelector": {
+                            "matchLabels": {"app.kubernetes.io/managed-by": "trustwarden"}
+                        },
+                        "path": "ca.crt",
+                    }
+                },
+            ]
+        },
+    }

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import PolicyBuilder, Store
 
+from e2e.bodies import pod_certificate_volume
 from e2e.conftest import OperatorSlot
 from e2e.nodecreds import node_client_certificate
 from e2e.operator import TRUSTWARDEN
@@ -183,36 +184,9 @@ def make_pod(
                     ],
                 }
             ],
-            "volumes": [
-                {
-                    "name": "svid",
-                    "projected": {
-                        "sources": [
-                            {
-                                "podCertificate": {
-                                    "signerName": signer,
-                                    "keyType": key_type,
-                                    "maxExpirationSeconds": 86400,
-                                    "keyPath": "tls.key",
-                                    "certificateChainPath": "tls.crt",
-                                }
-                            },
-                            # The anchors, as in deploy/examples/pod-certificate.yaml.
-                            {
-                                "clusterTrustBundle": {
-                                    "signerName": signer,
-                                    "labelSelector": {
-                                        "matchLabels": {
-                                            "app.kubernetes.io/managed-by": "trustwarden"
-                                        }
-                                    },
-                                    "path": "ca.crt",
-                                }
-                            },
-                        ]
-                    },
-                }
-            ],
+            # The kubelet's key and chain, and the anchors, as in
+            # deploy/examples/pod-certificate.yaml.
+            "volumes": [pod_certificate_volume(signer, key_type=key_type)],
         },
     }
     return env.admin.ok("POST", f"/api/v1/namespaces/{env.namespace}/pods", body)

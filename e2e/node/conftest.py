@@ -40,3 +40,11 @@ def domain(cluster: Cluster, operator: OperatorProcess) -> Iterator[tuple[str, s
     """A fresh TrustDomain (object name, SPIFFE trust domain) under the suite's operator."""
     with trust_domain(cluster) as created:
         yield created
+
+
+def printed_spiffe_id(cluster: Cluster, namespace: str, pod: str) -> str | None:
+    """The SPIFFE ID the workload image's `identity` mode printed (it prints once its chain
+    verifies against its ca.crt and its key matches), or None while it has not."""
+    out = cluster.kubectl("-n", namespace, "logs", pod, check=False).stdout
+    lines = [ln for ln in out.splitlines() if ln.startswith("SPIFFE ID: ")]
+    return lines[0].removeprefix("SPIFFE ID: ") if lines else None

@@ -34,13 +34,14 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from e2e.conftest import OperatorSlot
-from e2e.node.conftest import Node
+from e2e.node.conftest import Node, printed_spiffe_id
 from e2e.support import (
     REPO,
     Cluster,
@@ -161,12 +162,6 @@ def _pod_body(name: str, namespace: str, image: str, labels: dict[str, str]) -> 
     }
 
 
-def _printed_spiffe_id(cluster: Cluster, namespace: str, pod: str) -> str | None:
-    out = cluster.kubectl("-n", namespace, "logs", pod, check=False).stdout
-    lines = [ln for ln in out.splitlines() if ln.startswith("SPIFFE ID: ")]
-    return lines[0].removeprefix("SPIFFE ID: ") if lines else None
-
-
 def _shared_workload(cluster: Cluster, release: Release, node: Node, name: str) -> set[str]:
     """A Shared identity and a 2-replica Deployment mounting its Secret (one pod per node):
     each pod must print the identity's SPIFFE ID. Returns the nodes the pods ran on."""
@@ -217,7 +212,7 @@ def _shared_workload(cluster: Cluster, release: Release, node: Node, name: str) 
     expected = f"spiffe://{release.td_name}/ns/{ns}/sa/default"
     for pod in pods:
         printed = wait_for(
-            lambda pod=pod: _printed_spiffe_id(cluster, ns, pod.metadata.name),
+            lambda pod=pod: printed_spiffe_id(cluster, ns, pod.metadata.name),
             timeout=120,
             what=f"{pod.metadata.name} printing its SPIFFE ID",
         )
@@ -292,8 +287,7 @@ def release(
     name = release_name("twn")
     namespace = f"{name}-system"
     repository, _, tag = node.images["operator"].rpartition(":")
-    ports_env = (cluster.directory / "ports.env").read_text()
-    api_port = dict(line.split("=", 1) for line in ports_env.split())["API_PORT"]
+    api_port = str(urlparse(cluster.api.configuration.host).port)
     webhook_port, metrics_port, health_port = (
         _free_port_on("127.0.0.1", SECOND_NODE_IP) for _ in range(3)
     )
@@ -403,7 +397,7 @@ def test_helm_installs_two_in_cluster_replicas_that_issue_and_serve_the_webhook(
         lambda: get_wid(cluster, release.workload_ns, "probe"), "Ready", "True", timeout=90
     )
     ca_pem, hostname = wait_for(
-        lambda: _webhook_ca(cluster, release) if _webhook_ca(cluster, release)[0] else None,
+        lambda: (found := _webhook_ca(cluster, release))[0] and found,
         timeout=60,
         what="the webhook caBundle",
     )

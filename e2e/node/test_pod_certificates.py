@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from e2e.node.conftest import Node
+from e2e.bodies import pod_certificate_volume
+from e2e.node.conftest import Node, printed_spiffe_id
 from e2e.support import (
     Cluster,
     apply_identity,
@@ -66,47 +67,18 @@ def test_the_kubelet_requests_and_mounts_a_pod_certificate(
                         "volumeMounts": [{"name": "svid", "mountPath": MOUNT, "readOnly": True}],
                     }
                 ],
-                "volumes": [
-                    {
-                        "name": "svid",
-                        "projected": {
-                            "sources": [
-                                {
-                                    "podCertificate": {
-                                        "signerName": signer,
-                                        "keyType": "ECDSAP256",
-                                        "maxExpirationSeconds": 3600,
-                                        "keyPath": "tls.key",
-                                        "certificateChainPath": "tls.crt",
-                                    }
-                                },
-                                {
-                                    "clusterTrustBundle": {
-                                        "signerName": signer,
-                                        "labelSelector": {
-                                            "matchLabels": {
-                                                "app.kubernetes.io/managed-by": "trustwarden"
-                                            }
-                                        },
-                                        "path": "ca.crt",
-                                    }
-                                },
-                            ]
-                        },
-                    }
-                ],
+                "volumes": [pod_certificate_volume(signer, max_expiration_seconds=3600)],
             },
         }
         cluster.kubectl("apply", "-f", "-", input_text=json.dumps(pod))
 
-        def printed() -> str | None:
-            out = cluster.kubectl("-n", ns, "logs", "native", check=False).stdout
-            lines = [ln for ln in out.splitlines() if ln.startswith("SPIFFE ID: ")]
-            return lines[0].removeprefix("SPIFFE ID: ") if lines else None
-
         # The workload prints its ID only once the chain verifies against the mounted anchors
         # and the key the kubelet made matches it.
-        printed_id = wait_for(printed, timeout=240, what="the pod printing its SPIFFE ID")
+        printed_id = wait_for(
+            lambda: printed_spiffe_id(cluster, ns, "native"),
+            timeout=240,
+            what="the pod printing its SPIFFE ID",
+        )
         assert printed_id == f"spiffe://{td_name}/ns/{ns}/sa/default"
         # The request was the kubelet's own (the Node authorizer lets only the pod's node make
         # it), and it carries only the public key.

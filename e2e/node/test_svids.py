@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from e2e.node.conftest import Node
+from e2e.node.conftest import Node, printed_spiffe_id
 from e2e.support import Cluster, apply_identity, get_wid, wait_condition, wait_for
 
 INJECT = {"trustwarden.io/inject": "enabled"}
@@ -62,10 +62,9 @@ def test_three_replicas_print_their_own_spiffe_id(
             obj = cluster.core.read_namespaced_pod(pod, ns)
             assert obj.spec.node_name == node.name
             expected = f"spiffe://{td_name}/ns/{ns}/sa/default/pod/{pod}"
-
-            def printed(pod: str = pod) -> str | None:
-                out = cluster.kubectl("-n", ns, "logs", pod, check=False).stdout
-                lines = [ln for ln in out.splitlines() if ln.startswith("SPIFFE ID: ")]
-                return lines[0].removeprefix("SPIFFE ID: ") if lines else None
-
-            assert wait_for(printed, timeout=60, what=f"{pod} printing its SPIFFE ID") == expected
+            printed = wait_for(
+                lambda pod=pod: printed_spiffe_id(cluster, ns, pod),
+                timeout=60,
+                what=f"{pod} printing its SPIFFE ID",
+            )
+            assert printed == expected
