@@ -9,6 +9,7 @@ import contextlib
 import copy
 import json
 import ssl
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from tests.unit.fakes import (
 )
 from trustwarden.handlers.services import OperatorConfig, Services
 from trustwarden.handlers.webhook import WEBHOOK_PATH, InjectionWebhook
-from trustwarden.handlers.webhook_tls import make_serving_certificate
+from trustwarden.handlers.webhook_tls import make_serving_certificate, server_context
 from trustwarden.reconcile.injection import (
     MOUNT_PATH,
     InjectionPatch,
@@ -332,8 +333,7 @@ def test_endpoint_does_not_listen_before_the_caches_are_loaded() -> None:
             webhook.serve(
                 address="127.0.0.1",
                 port=0,
-                certfile="/nonexistent",
-                keyfile="/nonexistent",
+                context=ssl.create_default_context(ssl.Purpose.CLIENT_AUTH),
                 ready=services.caches_loaded,
             )
         )
@@ -347,10 +347,15 @@ def test_endpoint_does_not_listen_before_the_caches_are_loaded() -> None:
     assert asyncio.run(scenario())
 
 
-def test_endpoint_serves_tls_once_the_caches_are_loaded(tmp_path: Path) -> None:
+def test_endpoint_serves_tls_once_the_caches_are_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     serving = make_serving_certificate(["127.0.0.1"])
-    (tmp_path / "tls.crt").write_bytes(serving.cert_pem)
-    (tmp_path / "tls.key").write_bytes(serving.key_pem)
+    # The key is on disk only while OpenSSL loads it: nothing is left in the temporary
+    # directory, even before the server stops (a killed process leaves no key behind).
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    context = server_context(serving)
+    assert list(tmp_path.iterdir()) == []
 
     async def scenario() -> dict[str, Any]:
         services = _services()
@@ -359,8 +364,7 @@ def test_endpoint_serves_tls_once_the_caches_are_loaded(tmp_path: Path) -> None:
             webhook.serve(
                 address="127.0.0.1",
                 port=0,
-                certfile=str(tmp_path / "tls.crt"),
-                keyfile=str(tmp_path / "tls.key"),
+                context=context,
                 ready=services.caches_loaded,
             )
         )

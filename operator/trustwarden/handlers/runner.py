@@ -6,10 +6,7 @@ import asyncio
 import base64
 import contextlib
 import logging
-import os
-import tempfile
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import kopf
@@ -26,6 +23,7 @@ from trustwarden.handlers.webhook_tls import (
     expires_soon,
     issuing_ca,
     make_serving_certificate,
+    server_context,
     service_hosts,
 )
 from trustwarden.k8s import config as cluster_config
@@ -239,11 +237,7 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
         # No Service in front: the webhook is served but registered nowhere.
         hosts = ["localhost"]
         serving = make_serving_certificate(hosts)
-    tls_dir = Path(tempfile.mkdtemp(prefix="trustwarden-webhook-"))
-    (tls_dir / "tls.crt").write_bytes(serving.cert_pem)
-    key_path = tls_dir / "tls.key"
-    key_path.touch(mode=0o600)
-    key_path.write_bytes(serving.key_pem)
+    tls_context = server_context(serving)
 
     # The large caches (labelled pods, managed Secrets) are listed before kopf starts, and
     # watched by the engine itself from there on (reconcile/reflector.py).
@@ -287,8 +281,7 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
             webhook.serve(
                 address=config.webhook_address,
                 port=config.webhook_port,
-                certfile=str(tls_dir / "tls.crt"),
-                keyfile=str(key_path),
+                context=tls_context,
                 ready=services.caches_loaded,
             ),
             name="injection-webhook",
@@ -358,6 +351,3 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
         if elector is not None:
             await elector.release()
         await gateway.close()
-        for path in tls_dir.iterdir():
-            path.unlink()
-        os.rmdir(tls_dir)

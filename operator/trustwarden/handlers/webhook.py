@@ -123,12 +123,11 @@ class InjectionWebhook:
         return web.json_response(review_response(review, verdict))
 
     async def serve(
-        self, *, address: str, port: int, certfile: str, keyfile: str, ready: asyncio.Event
+        self, *, address: str, port: int, context: ssl.SSLContext, ready: asyncio.Event
     ) -> None:
-        """Listen once `ready` is set (the caches are loaded); serve until cancelled."""
+        """Listen with `context` (webhook_tls.server_context) once `ready` is set (the caches
+        are loaded); serve until cancelled."""
         await ready.wait()
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(certfile, keyfile)
         # No access log: one line per admission review is noise at burst rates.
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()

@@ -19,6 +19,10 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
+import shutil
+import ssl
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -55,6 +59,27 @@ def make_serving_certificate(
     clock when not given)."""
     pair = issue_serving_pair(hosts, now=now or datetime.now(UTC), lifetime=timedelta(days=days))
     return ServingCertificate(ca_pem=pair.ca_pem, cert_pem=pair.cert_pem, key_pem=pair.key_pem)
+
+
+def server_context(serving: ServingCertificate) -> ssl.SSLContext:
+    """A TLS server context holding `serving`. OpenSSL loads a key only from a file, so the pair
+    is written to a private temporary directory and removed as soon as it is loaded: the key
+    stays on disk for milliseconds, not for the life of the process (a killed process would
+    otherwise leave it in /tmp)."""
+    directory = tempfile.mkdtemp(prefix="trustwarden-webhook-")
+    try:
+        cert_path = os.path.join(directory, "tls.crt")
+        key_path = os.path.join(directory, "tls.key")
+        with open(cert_path, "wb") as cert_file:
+            cert_file.write(serving.cert_pem)
+        key_fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(key_fd, "wb") as key_file:
+            key_file.write(serving.key_pem)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert_path, key_path)
+        return context
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 # --- pure checks on a stored certificate -------------------------------------------------
