@@ -6,11 +6,35 @@ import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from e2e.operator import OperatorProcess
 from e2e.support import REPO, Cluster, trust_domain
+
+# Run order inside the node suite, by `@pytest.mark.node_order(n)` (default DEFAULT_ORDER, then
+# as collected). The in-cluster tests go first: they stop the suite's operator and run their
+# own. A test that starts a long wait on the kubelet goes right after them, and the test that
+# checks it goes last, so the other tests run during the wait.
+DEFAULT_ORDER = 5
+IN_CLUSTER_ORDER = 0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+
+    def order(item: pytest.Item) -> int:
+        marker = item.get_closest_marker("node_order")
+        if marker is not None:
+            return int(marker.args[0])
+        return IN_CLUSTER_ORDER if item.path.name == "test_in_cluster.py" else DEFAULT_ORDER
+
+    # Only this directory's tests move, and only among the places they already hold.
+    places = [i for i, item in enumerate(items) if here in item.path.parents]
+    ranked = sorted((items[i] for i in places), key=order)  # stable within a rank
+    for i, item in zip(places, ranked, strict=True):
+        items[i] = item
 
 
 @dataclass(frozen=True)
