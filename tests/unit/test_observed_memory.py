@@ -1,10 +1,15 @@
-"""The pod cache keeps one copy of what 100,000 pods repeat (namespace, labels, account)."""
+"""The caches keep one copy of what 100,000 pods and their Secrets repeat (namespace, labels,
+account, identity, issuer), and no per-object field they can compute when asked."""
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import json
+from typing import Any
 
-from trustwarden.reconcile.observed import PodInfo
+from tests.unit.fakes import FakeClock, FakeKube, issued_pods
+from trustwarden.reconcile.observed import PodInfo, SecretInfo
 
 
 def parsed(name: str) -> PodInfo:
@@ -32,3 +37,50 @@ def test_repeated_strings_are_shared_between_pods() -> None:
     assert key_a is key_b and value_a is value_b
     assert a.identity == "web" and a.identity is b.identity
     assert a.name == "a" and a.uid == "uid-a"
+
+
+def test_pods_with_the_same_labels_share_one_mapping() -> None:
+    a, b = parsed("a"), parsed("b")
+    assert a.labels is b.labels and dict(a.labels) == {
+        "app": "web",
+        "trustwarden.io/identity": "web",
+    }
+    other = json.loads(json.dumps({"metadata": {"name": "c", "labels": {"app": "api"}}}))
+    assert PodInfo.from_body(other).labels == {"app": "api"}
+    assert a.uid is parsed("a").uid  # interned: Secrets' owner references point at it
+
+
+def _issued_secrets() -> list[dict[str, Any]]:
+    kube, clock = FakeKube(), FakeClock()
+    asyncio.run(issued_pods(kube, clock, 2))
+    return [
+        json.loads(json.dumps(body))  # fresh strings, as a listing delivers them
+        for (kind, ns, _), body in sorted(kube.objects.items())
+        if kind == "Secret" and ns == "shop"
+    ]
+
+
+def test_secrets_of_one_identity_share_what_their_leaves_repeat() -> None:
+    first, second = (SecretInfo.from_body(body) for body in _issued_secrets())
+    assert first.facts is not None and second.facts is not None
+    assert first.facts.serial != second.facts.serial
+    assert first.namespace is second.namespace and first.identity is second.identity
+    assert first.finalizers is second.finalizers
+    assert first.facts.uris is second.facts.uris
+    assert first.facts.spiffe_id is second.facts.spiffe_id
+    assert first.facts.authority_key_id is second.facts.authority_key_id
+    assert len(first.data_digest) == 16
+
+
+def test_the_recorded_fingerprint_is_kept_only_when_it_is_not_the_leafs() -> None:
+    body = _issued_secrets()[0]
+    info = SecretInfo.from_body(body)
+    assert info.facts is not None and info.recorded_sha256 is None  # it matches: nothing kept
+    edited = copy.deepcopy(body)
+    edited["metadata"]["annotations"]["trustwarden.io/sha256"] = "ab" * 32
+    kept = SecretInfo.from_body(edited)
+    assert kept.recorded_sha256 == "ab" * 32  # a renewal then sees the leaf is not ours
+    assert kept.meta_digest != info.meta_digest  # and the annotation is restored
+    changed = copy.deepcopy(body)
+    changed["data"]["ca.crt"] = changed["data"]["tls.crt"]
+    assert SecretInfo.from_body(changed).data_digest != info.data_digest

@@ -114,7 +114,8 @@ def test_prune_spares_objects_observed_after_the_listing_began() -> None:
         await issued_pods(kube, clock, 1)
         engine = make_engine(kube, clock)
         await engine.prime()
-        mark = engine.store.observed_seq
+        assert engine.store.seen == {} and engine.store.listings_open == 0
+        mark = engine.store.begin_listing()
         engine.observe_pod(_pod(kube, "late", version="50"))  # seen after the mark
         engine.prune("Pod", None, {("shop", "w0")}, mark)
         assert ("shop", "late") in engine.pods
@@ -175,5 +176,35 @@ def test_an_object_the_engine_cannot_take_is_skipped_not_retried_for_ever() -> N
         )
         assert [v for k, v in kube.watch_versions if k == "Pod"][1] == "601"
         await engine.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_listing_that_fails_midway_still_closes_its_mark() -> None:
+    """Otherwise the store would record every later observation for a prune never run."""
+
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        await issued_pods(kube, clock, 3)
+        engine = make_engine(kube, clock)
+        await engine.prime()
+        pods = _reflector(engine, "Pod")
+        real = kube.list_pages
+
+        async def broken(kind: str, **kwargs: object):  # type: ignore[no-untyped-def]
+            async for page in real(kind, **kwargs):  # type: ignore[arg-type]
+                yield page
+                raise ConnectionResetError("API server restarted mid-listing")
+
+        kube.page_size = 1
+        kube.list_pages = broken  # type: ignore[method-assign]
+        try:
+            await pods.list()
+        except ConnectionResetError:
+            pass
+        else:
+            raise AssertionError("the listing should have failed")
+        assert engine.store.listings_open == 0 and engine.store.seen == {}
+        assert {("shop", "w0"), ("shop", "w1"), ("shop", "w2")} <= set(engine.pods)
 
     asyncio.run(scenario())

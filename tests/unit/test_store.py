@@ -87,7 +87,7 @@ def test_observing_returns_work_and_schedules_nothing() -> None:
     changes = store.observe_workload_identity(workload_identity("shop", "api"))
     assert _keys(changes) == [IdentityKey("shop", "api")] and changes.bundles == {"shop"}
     assert [s.name for s in store.identities_in("shop")] == ["api"]
-    assert store.keys_by_uid["uid-wid-api"] == IdentityKey("shop", "api")
+    assert store.owner_key("uid-wid-api") == IdentityKey("shop", "api")
     # A relabelled namespace: its identities run again, and every domain's status counts.
     store.domains["prod"] = DomainRuntime(spec=TrustDomainSpec.from_body(trust_domain()))
     changes = store.observe_namespace(namespace("shop", {"team": "a"}))
@@ -111,12 +111,13 @@ def test_forgetting_a_pod_cancels_its_work_and_schedules_its_revocation() -> Non
     ]
     store.admitted_secret["u0"] = "web-svid-w0"  # as the leaves controller records it
     assert not store.observe_pod(_pod("w0", "u0", secret="web-svid-w0"))  # nothing changed
+    assert store.owner_key("u0") == PodKey("shop", "w0")
     changes = store.forget_pod_named("shop", "w0")
     assert changes.cancel == [PodKey("shop", "w0")]
     assert changes.forgotten == [PodKey("shop", "w0")]
     assert _keys(changes) == [GoneKey("shop", "web-svid-w0", "u0")]
     assert changes.statuses == {IdentityKey("shop", "web")}
-    assert ("shop", "w0") not in store.pods and "u0" not in store.keys_by_uid
+    assert ("shop", "w0") not in store.pods and store.owner_key("u0") is None
     assert not store.pods_by_wid[("shop", "web")]
 
 
@@ -135,11 +136,17 @@ def test_a_secret_asking_for_revocation_is_answered_and_a_held_one_released() ->
 def test_prune_forgets_only_what_was_not_seen_since_the_listing_began() -> None:
     store = ClusterStore(OPNS, None)
     store.observe_pod(_pod("w0", "u0"))
-    mark = store.observed_seq
+    mark = store.begin_listing()
     store.observe_pod(_pod("w1", "u1"))  # seen after the listing began
-    changes = store.prune("Pod", None, set(), mark)
+    store.observe_pod(_pod("w2", "u2"), listed=True)  # the listing's own: in its live set
+    assert set(store.seen) == {("pod", "shop", "w1")}
+    changes = store.prune("Pod", None, {("shop", "w2")}, mark)
     assert ("shop", "w0") not in store.pods and ("shop", "w1") in store.pods
     assert changes.cancel == [PodKey("shop", "w0")]
+    store.end_listing()
+    assert store.seen == {}  # no listing open: nothing is recorded per object
+    store.observe_pod(_pod("w3", "u3"))
+    assert store.seen == {}
 
 
 def _facts(**overrides: Any) -> IdentityFacts:

@@ -198,9 +198,8 @@ class IssuedLeaf(CertificateValidity):
         facts = LeafFacts(
             der=cert.public_bytes(serialization.Encoding.DER),
             serial=self.serial,
-            sha256=self.sha256,
             spiffe_id=self.spiffe_id,
-            uris=(self.spiffe_id.uri,),
+            uris=_identity_of((self.spiffe_id.uri,))[0],
             dns_names=self.dns_names,
             not_before=self.not_before,
             not_after=self.not_after,
@@ -219,8 +218,8 @@ class IssuedLeaf(CertificateValidity):
         )
         if issuer is not None and known_issuer:
             issued_key, signed_key = _issuer_keys(issuer)
-            facts._issued_by_cache[issued_key] = True
-            facts._issued_by_cache[signed_key] = True  # we signed it just now
+            facts.remember(issued_key, True)
+            facts.remember(signed_key, True)  # we signed it just now
         return facts
 
     def secret_data(self, ca_pem: str | bytes) -> dict[str, bytes]:
@@ -367,6 +366,44 @@ def _cache_keys(issuer_der: bytes) -> tuple[bytes, bytes]:
     return digest, b"sig:" + digest
 
 
+_ANSWERS: dict[tuple[bytes, bool], tuple[bytes, bool]] = {}
+# An issuer's key identifier, one copy for all the leaves it signed (only rotations add one).
+_SHARED_KEY_IDS: dict[bytes, bytes] = {}
+# A leaf's URIs and the SPIFFE ID they name, shared by every leaf of the same workload
+# identity (the pods of a ServiceAccount): 190 bytes per cached Secret otherwise.
+_IDENTITIES: dict[tuple[str, ...], tuple[tuple[str, ...], SpiffeID | None]] = {}
+
+
+def _identity_of(uris: tuple[str, ...]) -> tuple[tuple[str, ...], SpiffeID | None]:
+    found = _IDENTITIES.get(uris)
+    if found is None:
+        spiffe_id: SpiffeID | None = None
+        if len(uris) == 1:
+            try:
+                spiffe_id = SpiffeID.parse(uris[0])
+            except PKIError:
+                spiffe_id = None
+        if len(_IDENTITIES) > 65_536:  # many more identities than that: stop sharing old ones
+            _IDENTITIES.clear()
+        found = _IDENTITIES.setdefault(uris, (uris, spiffe_id))
+    return found
+
+
+def _shared_key_id(aki: bytes | None) -> bytes | None:
+    if aki is None:
+        return None
+    if len(_SHARED_KEY_IDS) > 1024:
+        _SHARED_KEY_IDS.clear()
+    return _SHARED_KEY_IDS.setdefault(aki, aki)
+
+
+def _answer(key: bytes, answer: bool) -> tuple[bytes, bool]:
+    pair = (key, answer)
+    if len(_ANSWERS) > 1024:  # keys are per issuer: only CA rotations add new ones
+        _ANSWERS.clear()
+    return _ANSWERS.setdefault(pair, pair)
+
+
 def _issuer_keys(issuer: x509.Certificate | Authority) -> tuple[bytes, bytes]:
     cert = issuer.certificate if isinstance(issuer, Authority) else issuer
     return _cache_keys(cert.public_bytes(serialization.Encoding.DER))
@@ -386,7 +423,6 @@ class LeafFacts:
 
     der: bytes = field(repr=False)
     serial: int
-    sha256: str
     spiffe_id: SpiffeID | None
     uris: tuple[str, ...]
     dns_names: tuple[str, ...]
@@ -402,13 +438,32 @@ class LeafFacts:
     # Signature checks are the expensive part of a renewal decision; remember the answers,
     # by a digest of the issuer's DER (a parsed issuer from the Secret's own chain would be
     # kept alive; see _cache_keys).
-    _issued_by_cache: dict[bytes, bool] = field(
-        default_factory=dict, repr=False, compare=False, hash=False
+    # (key, answer) pairs, each pair shared by every leaf with the same answer for the same
+    # issuer (_answer): a dict per leaf cost 184 bytes for its one or two entries.
+    _answers: tuple[tuple[bytes, bool], ...] = field(
+        default=(), repr=False, compare=False, hash=False
     )
 
     @property
     def certificate(self) -> x509.Certificate:
         return x509.load_der_x509_certificate(self.der)
+
+    @property
+    def sha256(self) -> str:
+        """The leaf's fingerprint (of its DER), computed when asked: kept as a hex string it
+        cost 113 bytes per cached Secret."""
+        return hashlib.sha256(self.der).hexdigest()
+
+    def _cached(self, key: bytes) -> bool | None:
+        for known, answer in self._answers:
+            if known is key or known == key:
+                return answer
+        return None
+
+    def remember(self, key: bytes, answer: bool) -> None:
+        """Record one answer of `issued_by` / `signed_by` (the instance is otherwise frozen)."""
+        if self._cached(key) is None:
+            object.__setattr__(self, "_answers", (*self._answers, _answer(key, answer)))
 
     @property
     def intermediates(self) -> tuple[x509.Certificate, ...]:
@@ -429,10 +484,10 @@ class LeafFacts:
         renewal; it is not a trust decision (verifiers do that)."""
         cert = issuer.certificate if isinstance(issuer, Authority) else issuer
         key = _issuer_keys(cert)[0]
-        answer = self._issued_by_cache.get(key)
+        answer = self._cached(key)
         if answer is None:
             answer = _issued(self.certificate, self.authority_key_id, cert)
-            self._issued_by_cache[key] = answer
+            self.remember(key, answer)
         return answer
 
     def signed_by(self, issuer: x509.Certificate | Authority) -> bool:
@@ -441,11 +496,10 @@ class LeafFacts:
         issuer name and key identifiers fails it."""
         cert = issuer.certificate if isinstance(issuer, Authority) else issuer
         key = _issuer_keys(cert)[1]
-        answer = self._issued_by_cache.get(key)
+        answer = self._cached(key)
         if answer is None:
-            leaf = self.certificate
-            answer = signed_by(leaf, cert)
-            self._issued_by_cache[key] = answer
+            answer = signed_by(self.certificate, cert)
+            self.remember(key, answer)
         return answer
 
 
@@ -500,12 +554,7 @@ def inspect_leaf(
             f"{source}: the certificate has malformed extensions or key ({str(exc)[:120]}); "
             "delete the Secret so it is reissued"
         ) from None
-    spiffe_id: SpiffeID | None = None
-    if len(uris) == 1:
-        try:
-            spiffe_id = SpiffeID.parse(uris[0])
-        except PKIError:
-            spiffe_id = None
+    uris, spiffe_id = _identity_of(uris)
     try:
         key_algorithm: KeyAlgorithm | None = key_algorithm_of(leaf.public_key())
     except PKIError:
@@ -538,7 +587,6 @@ def inspect_leaf(
     facts = LeafFacts(
         der=leaf.public_bytes(serialization.Encoding.DER),
         serial=leaf.serial_number,
-        sha256=sha256_hex(leaf),
         spiffe_id=spiffe_id,
         uris=uris,
         dns_names=dns_names,
@@ -547,11 +595,11 @@ def inspect_leaf(
         key_algorithm=key_algorithm,
         usages=_USAGE_SETS.setdefault(usages, usages),
         is_ca=leaf_is_ca,
-        authority_key_id=aki,
+        authority_key_id=_shared_key_id(aki),
         key_matches=key_matches,
         issuer_sha256=sha256_hex(issuer) if issuer is not None else None,
         intermediates_der=tuple(c.public_bytes(serialization.Encoding.DER) for c in certs[1:]),
     )
     if issuer is not None:
-        facts._issued_by_cache[_issuer_keys(issuer)[0]] = True
+        facts.remember(_issuer_keys(issuer)[0], True)
     return facts

@@ -270,9 +270,11 @@ class Engine:
                 selector,
                 scope,
                 upsert=upsert,
+                listed=partial(upsert, listed=True),
                 delete=delete,
                 prune=partial(self.prune, kind, scope),
-                mark=lambda: self.store.observed_seq,
+                mark=self.store.begin_listing,
+                release=self.store.end_listing,
             )
             for kind, selector, upsert, delete in (
                 ("Pod", IDENTITY_LABEL, self.observe_pod, self.forget_pod),
@@ -330,14 +332,14 @@ class Engine:
     def forget_workload_identity(self, namespace: str, name: str) -> None:
         self._apply(self.store.forget_workload_identity(namespace, name))
 
-    def observe_pod(self, body: Mapping[str, Any]) -> None:
-        self._apply(self.store.observe_pod(body))
+    def observe_pod(self, body: Mapping[str, Any], *, listed: bool = False) -> None:
+        self._apply(self.store.observe_pod(body, listed=listed))
 
     def forget_pod(self, body: Mapping[str, Any]) -> None:
         self._apply(self.store.forget_pod(body))
 
-    def observe_secret(self, body: Mapping[str, Any]) -> None:
-        self._apply(self.store.observe_secret(body))
+    def observe_secret(self, body: Mapping[str, Any], *, listed: bool = False) -> None:
+        self._apply(self.store.observe_secret(body, listed=listed))
 
     def forget_secret(self, namespace: str, name: str) -> None:
         self._apply(self.store.forget_secret(namespace, name))

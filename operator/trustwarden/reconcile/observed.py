@@ -9,6 +9,7 @@ import base64
 import binascii
 import hashlib
 import json
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from sys import intern
@@ -53,6 +54,37 @@ def metadata_digest(meta: Mapping[str, Any]) -> bytes:
         "owners": sorted(str(o.get("uid")) for o in meta.get("ownerReferences") or ()),
     }
     return hashlib.sha256(json.dumps(ours, sort_keys=True).encode()).digest()[:16]
+
+
+def data_digest(data: Mapping[str, Any]) -> bytes:
+    """A digest of every data key and value of a Secret, to notice any edit of one we own
+    (16 bytes: it is compared, never shown, and a hex string cost 113 bytes per Secret)."""
+    digest = hashlib.sha256()
+    for key_name in sorted(data):
+        digest.update(f"{key_name}\0{data[key_name]}\0".encode())
+    return digest.digest()[:16]
+
+
+# Shared by every pod with the same labels (a Deployment's pods carry identical ones): a dict
+# of its own cost each pod about 220 bytes. Entries go with the last pod that uses them.
+class _Labels(dict[str, str]):
+    __slots__ = ("__weakref__",)
+
+
+_LABEL_SETS: weakref.WeakValueDictionary[tuple[tuple[str, str], ...], _Labels] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def shared_labels(raw: Mapping[str, Any]) -> Mapping[str, str]:
+    """The pod's labels, as one dict shared with every other pod carrying the same ones.
+    Read-only by contract (PodInfo is frozen); nobody may mutate it."""
+    items = tuple(sorted((intern(str(k)), intern(str(v))) for k, v in raw.items()))
+    found = _LABEL_SETS.get(items)
+    if found is None:
+        found = _Labels(items)
+        _LABEL_SETS[items] = found
+    return found
 
 
 def resource_version(body: Mapping[str, Any]) -> int:
@@ -104,7 +136,7 @@ class PodInfo:
         spec = body.get("spec") or {}
         # Interned: 100,000 pods repeat a few namespaces, label keys, values and identities;
         # each parsed body would otherwise keep its own copy of every one.
-        labels = {intern(str(k)): intern(str(v)) for k, v in (meta.get("labels") or {}).items()}
+        labels = shared_labels(meta.get("labels") or {})
         annotations = meta.get("annotations") or {}
         volume_secret = None
         for volume in spec.get("volumes") or ():
@@ -115,7 +147,8 @@ class PodInfo:
         return cls(
             namespace=intern(str(meta.get("namespace"))),
             name=str(meta.get("name")),
-            uid=str(meta.get("uid")),
+            # Interned: the Secret's owner reference and the store's indexes hold it too.
+            uid=intern(str(meta.get("uid"))),
             labels=labels,
             service_account=intern(str(spec.get("serviceAccountName") or "default")),
             identity=labels.get(IDENTITY_LABEL),
@@ -138,8 +171,10 @@ class SecretInfo:
     facts: LeafFacts | None = field(repr=False)
     facts_error: str | None
     ca_sha256: str
-    data_sha256: str  # of every data key, to notice any edit of a Secret we own
-    recorded_sha256: str | None  # the leaf fingerprint trustwarden annotated when it wrote it
+    data_digest: bytes  # of every data key, to notice any edit of a Secret we own
+    # The leaf fingerprint trustwarden annotated when it wrote it; None also when it is the
+    # fingerprint of the leaf there now, the usual case (nothing to compare, 113 bytes saved).
+    recorded_sha256: str | None
     revoke_request: str | None  # `trustwarden revoke` asks for an emergency revocation here
     deleting: bool
     resource_version: int
@@ -161,13 +196,10 @@ class SecretInfo:
         meta = _meta(body)
         labels = meta.get("labels") or {}
         data = body.get("data") or {}
-        digest = hashlib.sha256()
-        for key_name in sorted(data):
-            digest.update(f"{key_name}\0{data[key_name]}\0".encode())
-        data_sha256 = digest.hexdigest()
+        digest = data_digest(data)
         facts = known_facts
         error: str | None = None
-        if facts is None and previous is not None and previous.data_sha256 == data_sha256:
+        if facts is None and previous is not None and previous.data_digest == digest:
             facts, error = previous.facts, previous.facts_error
         elif facts is None and parse_leaf:
             try:
@@ -183,22 +215,27 @@ class SecretInfo:
             ca_sha = intern(hashlib.sha256(_b64(data.get("ca.crt"))).hexdigest())
         except (ValueError, binascii.Error):
             ca_sha = ""
+        recorded = (meta.get("annotations") or {}).get(f"{ANNOTATION_PREFIX}sha256")
+        if recorded is not None and facts is not None and recorded == facts.sha256:
+            recorded = None
+        identity = labels.get(IDENTITY_LABEL)
         return cls(
-            namespace=str(meta.get("namespace")),
+            # Interned where 100,000 Secrets repeat a few values, or share them with a pod.
+            namespace=intern(str(meta.get("namespace"))),
             name=str(meta.get("name")),
             uid=str(meta.get("uid")),
             managed=labels.get(MANAGED_BY) == MANAGER,
-            owner_uids=tuple(str(o.get("uid")) for o in meta.get("ownerReferences") or ()),
-            identity=labels.get(IDENTITY_LABEL),
+            owner_uids=tuple(intern(str(o.get("uid"))) for o in meta.get("ownerReferences") or ()),
+            identity=intern(str(identity)) if identity is not None else None,
             facts=facts,
             facts_error=error,
             ca_sha256=ca_sha,
-            data_sha256=data_sha256,
-            recorded_sha256=(meta.get("annotations") or {}).get("trustwarden.io/sha256"),
+            data_digest=digest,
+            recorded_sha256=recorded,
             revoke_request=(meta.get("annotations") or {}).get(REVOKE_ANNOTATION),
             deleting=bool(meta.get("deletionTimestamp")),
             resource_version=resource_version(body),
-            finalizers=tuple(str(f) for f in meta.get("finalizers") or ()),
+            finalizers=_finalizers(meta.get("finalizers") or ()),
             meta_digest=metadata_digest(meta) if parse_leaf else b"",
         )
 
@@ -232,6 +269,17 @@ class BundleInfo:
             content_hash=content_hash(data),
             resource_version=resource_version(body),
         )
+
+
+_FINALIZER_SETS: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _finalizers(raw: Any) -> tuple[str, ...]:
+    """Usually none or ours alone: one tuple shared by every Secret with the same list."""
+    found = tuple(intern(str(f)) for f in raw)
+    if len(_FINALIZER_SETS) > 256:
+        _FINALIZER_SETS.clear()
+    return _FINALIZER_SETS.setdefault(found, found)
 
 
 def _b64(value: Any) -> bytes:

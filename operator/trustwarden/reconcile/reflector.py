@@ -52,9 +52,13 @@ class Reflector:
         delete: Callable[[Mapping[str, Any]], object],
         prune: Callable[[set[Key], int], object],
         mark: Callable[[], int],
+        listed: Callable[[Mapping[str, Any]], object] | None = None,
+        release: Callable[[], object] | None = None,
     ) -> None:
-        """`upsert`/`delete` get each object's body; after a listing, `prune(live, mark)`
-        forgets what the listing lacks, unless it was observed after `mark()` was taken."""
+        """`upsert`/`delete` get each object's body (`listed`, when given, those of a
+        listing); after a listing, `prune(live, mark)` forgets what the listing lacks, unless
+        it was observed after `mark()` was taken. `release()` follows every `mark()`, once the
+        listing is pruned or has failed."""
         self.kube = kube
         self.kind = kind
         self.selector = selector
@@ -63,6 +67,8 @@ class Reflector:
         self.delete = delete
         self.prune = prune
         self.mark = mark
+        self.listed = listed or upsert
+        self.release = release
         self.resource_version = ""
         self.listings = 0
         self.events = 0
@@ -75,19 +81,23 @@ class Reflector:
         soon as it is handled (a listing of 10,000 bodies held at once cost hundreds of MiB),
         then prune what the listing lacks."""
         mark = self.mark()
-        live: set[Key] = set()
-        version = ""
-        async for page in self.kube.list_pages(
-            self.kind, label_selector=self.selector, namespace=self.namespace
-        ):
-            version = page.resource_version or version
-            items = page.items
-            items.reverse()
-            while items:
-                body = items.pop()
-                live.add(key_of(body))
-                self._apply(self.upsert, "listed", body)
-        self.prune(live, mark)
+        try:
+            live: set[Key] = set()
+            version = ""
+            async for page in self.kube.list_pages(
+                self.kind, label_selector=self.selector, namespace=self.namespace
+            ):
+                version = page.resource_version or version
+                items = page.items
+                items.reverse()
+                while items:
+                    body = items.pop()
+                    live.add(key_of(body))
+                    self._apply(self.listed, "listed", body)
+            self.prune(live, mark)
+        finally:
+            if self.release is not None:
+                self.release()
         self.resource_version = version
         self.listings += 1
 

@@ -78,7 +78,7 @@ class ClusterStore:
         self.problems: dict[tuple[str, str], tuple[str, str]] = {}
         # Owner UID -> its work key, so an owner whose serial is revoked while it lives is
         # reissued at once rather than at its next renewal.
-        self.keys_by_uid: dict[str, Hashable] = {}
+        self.keys_by_uid: dict[str, Hashable | PodInfo] = {}
         # Pod UID -> the Secret the webhook named for it, as verified at its first admitted
         # reconcile. Revocation on deletion goes by this (and the ledger), never by the pod's
         # annotations at that time: their owner can edit them after admission.
@@ -88,14 +88,36 @@ class ClusterStore:
         # deliver the echo before the write's own answer, and must not take it for news.
         self.writing: dict[tuple[str, str], SecretInfo] = {}
         # Reflector bookkeeping: a listing forgets only what was not observed since it began.
+        # Only observations made while a listing is open are recorded (not the listing's own
+        # objects, which it knows): a record per cached object cost 250 bytes per pod.
         self.observed_seq = 0
+        self.listings_open = 0
         self.seen: dict[tuple[str, str, str], int] = {}
 
     # ------------------------------------------------------------------ observation
 
     def _note_seen(self, kind: str, namespace: str, name: str) -> None:
         self.observed_seq += 1
-        self.seen[(kind, namespace, name)] = self.observed_seq
+        if self.listings_open:
+            self.seen[(kind, namespace, name)] = self.observed_seq
+
+    def owner_key(self, uid: str) -> Hashable | None:
+        """The work key of the live pod or identity with this UID."""
+        owner = self.keys_by_uid.get(uid)
+        if isinstance(owner, PodInfo):
+            return PodKey(owner.namespace, owner.name)
+        return owner
+
+    def begin_listing(self) -> int:
+        """A listing starts: the mark its `prune` compares against."""
+        self.listings_open += 1
+        return self.observed_seq
+
+    def end_listing(self) -> None:
+        """A listing ended (pruned, or failed): with none left open, nothing needs `seen`."""
+        self.listings_open = max(0, self.listings_open - 1)
+        if not self.listings_open:
+            self.seen.clear()
 
     def observe_namespace(self, body: Mapping[str, Any]) -> Changes:
         changes = Changes()
@@ -175,15 +197,17 @@ class ClusterStore:
         self.wids_by_ns[namespace].discard(name)
         self.problems.pop((namespace, name), None)
 
-    def observe_pod(self, body: Mapping[str, Any]) -> Changes:
+    def observe_pod(self, body: Mapping[str, Any], *, listed: bool = False) -> Changes:
+        """`listed`: delivered by a listing, which spares it from its own prune."""
         info = PodInfo.from_body(body)
         key = (info.namespace, info.name)
-        self._note_seen("pod", *key)
+        if not listed:
+            self._note_seen("pod", *key)
         previous = self.pods.get(key)
         if previous is not None and previous.identity and previous.identity != info.identity:
             self.pods_by_wid[(info.namespace, previous.identity)].discard(info.name)
         self.pods[key] = info
-        self.keys_by_uid[info.uid] = PodKey(*key)
+        self.keys_by_uid[info.uid] = info  # its key when asked (owner_key): no copy per pod
         if info.identity:
             self.pods_by_wid[(info.namespace, info.identity)].add(info.name)
         changes = Changes()
@@ -211,12 +235,13 @@ class ClusterStore:
     def forget_pod_named(self, namespace: str, name: str) -> Changes:
         return self.forget_pod({"metadata": {"namespace": namespace, "name": name}})
 
-    def observe_secret(self, body: Mapping[str, Any]) -> Changes:
+    def observe_secret(self, body: Mapping[str, Any], *, listed: bool = False) -> Changes:
         meta = body.get("metadata") or {}
         namespace = str(meta.get("namespace"))
         is_state = namespace == self.operator_namespace
         key = (namespace, str(meta.get("name")))
-        self._note_seen("secret", *key)
+        if not listed:
+            self._note_seen("secret", *key)
         previous = self.secrets.get(key)
         # While we write this Secret, compare with what we are writing: its echo can arrive
         # before the write's answer, and is neither parsed again nor taken for a change.
@@ -228,7 +253,7 @@ class ClusterStore:
             changes.run(ReleaseKey(*key))
         if (
             reference is not None
-            and reference.data_sha256 == info.data_sha256
+            and reference.data_digest == info.data_digest
             and reference.revoke_request == info.revoke_request
             and reference.meta_digest == info.meta_digest
         ):

@@ -2,7 +2,8 @@
 
 Every key is a tuple whose first item is its kind, so keys compare, hash and print as plain
 tuples (the scheduler, the failure map and the logs need nothing more), while the code names
-what it schedules: `IdentityKey(ns, name)` rather than `("wid", ns, name)`.
+what it schedules: `IdentityKey(ns, name)` rather than `("wid", ns, name)`. They declare
+empty `__slots__`: no instance dict pointer in the key the scheduler holds for every pod.
 
 A TrustDomain has two keys: `DomainKey` is its work, `DomainStatusKey` its status, which
 shares the (kind, namespace, name) shape of every status key (TrustDomains have no namespace).
@@ -21,11 +22,14 @@ StatusKey = tuple[str, str, str]
 class DomainKey(tuple[str, str]):
     """A TrustDomain's CA, rotation schedule, CRL refresh and secretRef polling."""
 
+    __slots__ = ()
+
     def __new__(cls, name: str) -> Self:
         return super().__new__(cls, ("td", name))
 
 
 class _Namespaced(tuple[str, str, str]):
+    __slots__ = ()
     KIND = ""
 
     def __new__(cls, namespace: str, name: str) -> Self:
@@ -35,11 +39,15 @@ class _Namespaced(tuple[str, str, str]):
 class IdentityKey(_Namespaced):
     """A WorkloadIdentity (Shared: its Secret; PerPod: fan out to its pods); also its status."""
 
+    __slots__ = ()
+
     KIND = "wid"
 
 
 class PodKey(_Namespaced):
     """One pod's SVID."""
+
+    __slots__ = ()
 
     KIND = "pod"
 
@@ -47,17 +55,23 @@ class PodKey(_Namespaced):
 class ReleaseKey(_Namespaced):
     """A deleted Secret our finalizer holds: let it go once its revocations are stored."""
 
+    __slots__ = ()
+
     KIND = "release"
 
 
 class RefuseKey(_Namespaced):
     """A Secret that asks for revocation: answer it if no identity or pod owns it."""
 
+    __slots__ = ()
+
     KIND = "refuse"
 
 
 class DomainStatusKey(tuple[str, str, str]):
     """The status of a TrustDomain ("td", "", name), beside IdentityKey for identities."""
+
+    __slots__ = ()
 
     def __new__(cls, name: str) -> Self:
         return super().__new__(cls, ("td", "", name))
@@ -66,12 +80,16 @@ class DomainStatusKey(tuple[str, str, str]):
 class GoneKey(tuple[str, str, str, str]):
     """A deleted pod: revoke what it was issued and delete its Secret."""
 
+    __slots__ = ()
+
     def __new__(cls, namespace: str, secret_name: str, owner_uid: str) -> Self:
         return super().__new__(cls, ("gone", namespace, secret_name, owner_uid))
 
 
 class CatchUpKey(tuple[str]):
     """After a start: revoke what was issued to owners that vanished while we were down."""
+
+    __slots__ = ()
 
     def __new__(cls) -> Self:
         return super().__new__(cls, ("catchup",))

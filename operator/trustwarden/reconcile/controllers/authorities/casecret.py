@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +23,7 @@ from trustwarden.reconcile.domains import (
 )
 from trustwarden.reconcile.observed import (
     SecretInfo,
+    data_digest,
 )
 
 
@@ -31,12 +31,9 @@ class CASecrets(Controller):
     """The CA Secret in the operator namespace (authorities, handled rotation request, orphan
     anchors) and the domain's stored revocation list: read back and written."""
 
-    def ca_data_sha(self, runtime: DomainRuntime) -> str:
-        data = self._ca_secret_data(runtime)
-        digest = hashlib.sha256()
-        for key_name in sorted(data):
-            digest.update(f"{key_name}\0{data[key_name]}\0".encode())
-        return digest.hexdigest()
+    def ca_data_digest(self, runtime: DomainRuntime) -> bytes:
+        """What SecretInfo.data_digest reads from the CA Secret when it holds this state."""
+        return data_digest(self._ca_secret_data(runtime))
 
     def _ca_secret_data(self, runtime: DomainRuntime) -> dict[str, str]:
         assert runtime.authorities is not None

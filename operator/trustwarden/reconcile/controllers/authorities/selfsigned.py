@@ -79,7 +79,7 @@ class SelfSigned(Controller):
                     )
             else:
                 await self._recover_lost_ca(runtime, body, now, "the CA Secret does not exist")
-        elif observed is None or observed.data_sha256 != self.ca.ca_data_sha(runtime):
+        elif observed is None or observed.data_digest != self.ca.ca_data_digest(runtime):
             # The CA Secret was deleted or edited while we hold the authorities in memory:
             # restore it exactly; no new root, no trust gap.
             what = "deleted" if observed is None else "modified"

@@ -63,7 +63,7 @@ class RevocationLists(Controller):
             reason,
             namespace=namespace,
         ):
-            owner = self.store.keys_by_uid.get(entry.owner_uid)
+            owner = self.store.owner_key(entry.owner_uid)
             if owner is not None:
                 self._schedule(owner)  # a live owner gets a fresh certificate now
         return runtime.name
