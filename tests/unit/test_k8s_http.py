@@ -141,6 +141,51 @@ def test_list_pages_follow_continue_tokens(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def _requests_running() -> list[asyncio.Task[Any]]:
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if not t.done() and getattr(t.get_coro(), "__qualname__", "") == "KubeGateway._send"
+    ]
+
+
+def test_list_pages_request_the_next_page_while_the_caller_reduces_this_one(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "token").write_text("t")
+    queries: list[str] = []
+
+    async def pods(request: web.Request) -> web.StreamResponse:
+        at = int(request.query.get("continue") or 0)
+        queries.append(str(at))
+        more = {"continue": str(at + 1)} if at < 2 else {}
+        return web.json_response(
+            {"metadata": {"resourceVersion": "7", **more}, "items": [{"n": at}]}
+        )
+
+    async def scenario() -> None:
+        async with _server({"/api/v1/pods": pods}, tmp_path / "token") as api:
+            gateway = KubeGateway(api)
+            loop = asyncio.get_running_loop()
+            seen = []
+            async for page in gateway.list_pages("Pod", label_selector=""):
+                seen.append(page.items[0]["n"])
+                if len(seen) == 1:  # still on the first page: the second is already asked for
+                    deadline = loop.time() + 10
+                    while len(queries) < 2:
+                        assert loop.time() < deadline, "the next page was not requested"
+                        await asyncio.sleep(0.01)
+            assert seen == [0, 1, 2] and queries == ["0", "1", "2"]
+            # A caller that stops early leaves no request running behind it.
+            pages = gateway.list_pages("Pod", label_selector="")
+            assert (await pages.__anext__()).items == [{"n": 0}]
+            assert len(_requests_running()) == 1  # the next page's
+            await pages.aclose()
+            assert not _requests_running()
+
+    asyncio.run(scenario())
+
+
 def _event(type_: str, name: str, version: str) -> bytes:
     return json.dumps(
         {"type": type_, "object": {"metadata": {"name": name, "resourceVersion": version}}}

@@ -208,3 +208,32 @@ def test_a_listing_that_fails_midway_still_closes_its_mark() -> None:
         assert {("shop", "w0"), ("shop", "w1"), ("shop", "w2")} <= set(engine.pods)
 
     asyncio.run(scenario())
+
+
+def test_prime_lists_kinds_side_by_side_and_fails_as_the_first_failure() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        await issued_pods(kube, clock, 2)
+        real = kube.list_pages
+
+        async def secrets_down(kind: str, **kwargs: object):  # type: ignore[no-untyped-def]
+            if kind == "Secret":
+                raise ConnectionResetError("API server restarted")
+            async for page in real(kind, **kwargs):  # type: ignore[arg-type]
+                await asyncio.sleep(0)
+                yield page
+
+        kube.list_pages = secrets_down  # type: ignore[method-assign]
+        engine = make_engine(kube, clock)
+        try:
+            await engine.prime()
+        except ConnectionResetError:
+            pass
+        else:
+            raise AssertionError("prime should fail when a listing does")
+        assert engine.store.listings_open == 0
+        kube.list_pages = real  # type: ignore[method-assign]
+        await engine.prime()
+        assert len(engine.pods) == 2 and len(engine.secrets) == 3  # and the CA Secret
+
+    asyncio.run(scenario())

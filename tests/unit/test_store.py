@@ -196,3 +196,26 @@ def test_readiness_chain_first_answer_wins(
 def test_a_problem_without_valid_certificates_says_nothing_of_them() -> None:
     answer = identity_readiness(_facts(problem=("TrustDomainNotFound", "no such"), issued=0))
     assert answer.message == "no such"
+
+
+def test_a_changed_pod_secret_runs_its_pod_found_by_owner_or_by_name() -> None:
+    store = ClusterStore(OPNS, None)
+    for i in range(3):
+        pod = _pod(f"w{i}", f"u{i}", secret=f"web-svid-w{i}")
+        pod["spec"]["volumes"] = [
+            {"name": "trustwarden-svid", "secret": {"secretName": f"web-svid-w{i}"}}
+        ]
+        store.observe_pod(pod)
+
+    def secret(name: str, owner: str | None) -> Any:
+        body = _secret(name)
+        body["metadata"]["labels"]["trustwarden.io/identity"] = "web"
+        if owner:
+            body["metadata"]["ownerReferences"] = [{"kind": "Pod", "name": "x", "uid": owner}]
+        return body
+
+    assert _keys(store.observe_secret(secret("web-svid-w1", "u1"))) == [PodKey("shop", "w1")]
+    # No owner (or one that is not the pod mounting it): the identity's pods are looked at.
+    assert _keys(store.observe_secret(secret("web-svid-w2", None))) == [PodKey("shop", "w2")]
+    assert _keys(store.observe_secret(secret("web-svid-w0", "u1"))) == [PodKey("shop", "w0")]
+    assert _keys(store.observe_secret(secret("stray", "u1"))) == []

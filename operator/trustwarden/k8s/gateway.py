@@ -157,25 +157,40 @@ class KubeGateway:
     async def list_pages(
         self, kind: str, *, label_selector: str, namespace: str | None = None
     ) -> AsyncIterator[ListPage]:
-        """Every Pod or Secret matching a label selector, 500 per page, yielded page by page
-        (the next page is fetched only when the caller has handled this one)."""
+        """Every Pod or Secret matching a label selector, 500 per page, yielded page by page.
+        The next page is requested before this one is yielded, so the API server encodes it
+        while the caller works through this one (a restart lists 200,000 objects); no more
+        than two pages are held at once."""
         if kind not in LISTABLE:
             raise ValueError(f"cannot list {kind}")
-        token: str | None = None
-        while True:
+        path = object_path(kind, namespace)
+
+        def fetch(token: str | None) -> asyncio.Task[Any]:
             params = {"limit": str(LIST_PAGE)}
             if label_selector:
                 params["labelSelector"] = label_selector
             if token:
                 params["continue"] = token
-            page = await self._send("GET", object_path(kind, namespace), params=params)
-            meta = page.get("metadata") or {}
-            token = meta.get("continue") or None
-            # Popped, not read: this frame keeps no reference to the items while the caller
-            # works through them.
-            yield ListPage(list(page.pop("items", None) or ()), str(meta.get("resourceVersion")))
-            if not token:
-                break
+            return asyncio.ensure_future(self._send("GET", path, params=params))
+
+        pending: asyncio.Task[Any] | None = fetch(None)
+        try:
+            while pending is not None:
+                page = await pending
+                meta = page.get("metadata") or {}
+                token = meta.get("continue") or None
+                pending = fetch(token) if token else None
+                # Popped, not read: this frame keeps no reference to the items while the
+                # caller works through them.
+                items = list(page.pop("items", None) or ())
+                del page
+                yield ListPage(items, str(meta.get("resourceVersion")))
+                del items
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pending
 
     async def watch(
         self, kind: str, *, label_selector: str, namespace: str | None, resource_version: str

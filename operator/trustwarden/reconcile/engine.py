@@ -57,6 +57,9 @@ __all__ = ["Engine", "EngineConfig", "LeafTarget"]
 log = logging.getLogger("trustwarden.engine")
 
 
+LISTINGS_AT_ONCE = 4
+
+
 class Engine:
     def __init__(
         self,
@@ -287,8 +290,22 @@ class Engine:
             )
             for scope in scopes
         ]
-        for reflector in self.reflectors:
-            await reflector.list()
+        # Pods and Secrets are listed side by side (a few listings at a time): while one
+        # page is reduced here, the API server is encoding the next one of the other kind.
+        gate = asyncio.Semaphore(LISTINGS_AT_ONCE)
+
+        async def listed(reflector: Reflector) -> None:
+            async with gate:
+                await reflector.list()
+
+        tasks = [asyncio.create_task(listed(r), name=f"list {r}") for r in self.reflectors]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     def follow(self) -> None:
         """Watch pods and Secrets from where `prime` listed them, until `stop`."""

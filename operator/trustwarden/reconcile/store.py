@@ -288,6 +288,18 @@ class ClusterStore:
             spec = self.wids[(info.namespace, wid_name)]
             if spec.mode is DeliveryMode.SHARED and spec.secret_name == info.name:
                 changes.run(IdentityKey(info.namespace, wid_name))
+        # A pod's Secret names it as owner: found at once. Only a Secret whose owner is not
+        # the live pod that mounts it is looked for among the identity's pods (one Secret per
+        # pod: that scan for every Secret was quadratic in the pods of an identity).
+        for uid in info.owner_uids:
+            owner = self.keys_by_uid.get(uid)
+            if (
+                isinstance(owner, PodInfo)
+                and owner.namespace == info.namespace
+                and owner.secret_name == info.name
+            ):
+                changes.run(PodKey(info.namespace, owner.name))
+                return
         for pod_name in self.pods_by_wid.get((info.namespace, info.identity or ""), ()):
             pod = self.pods.get((info.namespace, pod_name))
             if pod is not None and pod.secret_name == info.name:
