@@ -8,7 +8,15 @@ import copy
 import json
 from typing import Any
 
-from tests.unit.fakes import FakeClock, FakeKube, issued_pods
+from tests.unit.fakes import (
+    FakeClock,
+    FakeKube,
+    add_web_pod,
+    drain,
+    issued_pods,
+    make_engine,
+    per_pod_world,
+)
 from trustwarden.reconcile.observed import PodInfo, SecretInfo
 
 
@@ -84,3 +92,20 @@ def test_the_recorded_fingerprint_is_kept_only_when_it_is_not_the_leafs() -> Non
     changed = copy.deepcopy(body)
     changed["data"]["ca.crt"] = changed["data"]["tls.crt"]
     assert SecretInfo.from_body(changed).data_digest != info.data_digest
+
+
+def test_leaves_the_operator_just_issued_share_their_identity_too() -> None:
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        engine = make_engine(kube, clock)
+        per_pod_world(engine)
+        for i in range(2):
+            add_web_pod(engine, kube, f"w{i}", f"uid-pod-w{i}")
+            engine.scheduler.schedule(("pod", "shop", f"w{i}"), clock())
+        engine.scheduler.schedule(("td", "prod"), clock())
+        await drain(engine, clock)
+        facts = [s.facts for s in engine.secrets.values() if s.facts is not None]
+        assert len(facts) == 2  # kept from the write, not parsed back
+        assert facts[0].spiffe_id is facts[1].spiffe_id and facts[0].uris is facts[1].uris
+
+    asyncio.run(scenario())

@@ -189,6 +189,7 @@ class IssuedLeaf(CertificateValidity):
         """The :class:`LeafFacts` :func:`inspect_leaf` would read back from the Secret this
         leaf is written to, without re-parsing (the operator caches them after issuing)."""
         cert = self.certificate
+        uris, spiffe_id = _identity_of((self.spiffe_id.uri,))  # shared with its siblings
         known_issuer = issuer is not None and issuer.sha256 == self.issuer_sha256
         aki = (
             issuer.subject_key_identifier.digest
@@ -198,8 +199,8 @@ class IssuedLeaf(CertificateValidity):
         facts = LeafFacts(
             der=cert.public_bytes(serialization.Encoding.DER),
             serial=self.serial,
-            spiffe_id=self.spiffe_id,
-            uris=_identity_of((self.spiffe_id.uri,))[0],
+            spiffe_id=spiffe_id or self.spiffe_id,
+            uris=uris,
             dns_names=self.dns_names,
             not_before=self.not_before,
             not_after=self.not_after,
