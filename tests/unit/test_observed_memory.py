@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 from typing import Any
+
+from cryptography.hazmat.primitives import hashes
 
 from tests.unit.fakes import (
     FakeClock,
@@ -109,3 +112,24 @@ def test_leaves_the_operator_just_issued_share_their_identity_too() -> None:
         assert facts[0].spiffe_id is facts[1].spiffe_id and facts[0].uris is facts[1].uris
 
     asyncio.run(scenario())
+
+
+def test_a_leaf_is_kept_deflated_against_a_sibling_and_read_back_whole() -> None:
+    first, second = (SecretInfo.from_body(body) for body in _issued_secrets())
+    for info in (first, second):
+        assert info.facts is not None
+        assert info.facts.certificate.serial_number == info.facts.serial  # the DER, whole
+        assert info.facts.sha256 == info.facts.certificate.fingerprint(hashes.SHA256()).hex()
+    packed = [i.facts for i in (first, second) if i.facts is not None and i.facts.der_template]
+    assert packed, "no leaf was packed against its sibling"
+    for facts in packed:
+        assert len(facts.packed_der) < len(facts.der) * 0.6
+
+
+def test_facts_compare_by_their_der_however_it_is_packed() -> None:
+    info = SecretInfo.from_body(_issued_secrets()[1])
+    assert info.facts is not None
+    plain = dataclasses.replace(info.facts, packed_der=info.facts.der, der_template=b"")
+    assert plain == info.facts and plain.der == info.facts.der
+    other = SecretInfo.from_body(_issued_secrets()[0]).facts
+    assert other is not None and other != info.facts
