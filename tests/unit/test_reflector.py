@@ -20,6 +20,15 @@ async def _until(condition: Callable[[], bool], what: str, deadline: float = 10.
         await asyncio.sleep(0.01)
 
 
+async def _primed(pods: int, namespaces: list[str] | None = None) -> tuple[FakeKube, Engine]:
+    """`pods` issued PerPod SVIDs in the fake API, and a fresh engine that has listed them."""
+    kube, clock = FakeKube(), FakeClock()
+    await issued_pods(kube, clock, pods)
+    engine = make_engine(kube, clock)
+    await engine.prime(namespaces)
+    return kube, engine
+
+
 def _reflector(engine: Engine, kind: str) -> Reflector:
     return next(r for r in engine.reflectors if r.kind == kind)
 
@@ -34,10 +43,7 @@ def _pod(kube: FakeKube, name: str, *, version: str) -> dict:
 
 def test_watch_continues_from_the_listing_and_applies_every_event_type() -> None:
     async def scenario() -> None:
-        kube, clock = FakeKube(), FakeClock()
-        await issued_pods(kube, clock, 2)
-        engine = make_engine(kube, clock)
-        await engine.prime()
+        kube, engine = await _primed(2)
         pods = _reflector(engine, "Pod")
         listed_at = pods.resource_version
         assert listed_at and listed_at != "0"
@@ -65,10 +71,7 @@ def test_watch_continues_from_the_listing_and_applies_every_event_type() -> None
 
 def test_a_failed_watch_is_resumed_from_the_last_version_seen() -> None:
     async def scenario() -> None:
-        kube, clock = FakeKube(), FakeClock()
-        await issued_pods(kube, clock, 1)
-        engine = make_engine(kube, clock)
-        await engine.prime()
+        kube, engine = await _primed(1)
         secrets = _reflector(engine, "Secret")
         kube.watch_script["Secret"] = [ConnectionResetError("API server restarted")]
         kube.watch_script["Pod"] = [("ADDED", _pod(kube, "w5", version="777"))]
@@ -92,10 +95,7 @@ def test_gone_relists_and_forgets_only_what_vanished_unseen() -> None:
     is forgotten (its Secret revoked later), a pod seen after the listing began is kept."""
 
     async def scenario() -> None:
-        kube, clock = FakeKube(), FakeClock()
-        await issued_pods(kube, clock, 3)
-        engine = make_engine(kube, clock)
-        await engine.prime()
+        kube, engine = await _primed(3)
         pods = _reflector(engine, "Pod")
         del kube.objects[("Pod", "shop", "w2")]  # deleted while the watch was behind
         kube.watch_script["Pod"] = [GoneError("too old resource version")]
@@ -110,10 +110,7 @@ def test_gone_relists_and_forgets_only_what_vanished_unseen() -> None:
 
 def test_prune_spares_objects_observed_after_the_listing_began() -> None:
     async def scenario() -> None:
-        kube, clock = FakeKube(), FakeClock()
-        await issued_pods(kube, clock, 1)
-        engine = make_engine(kube, clock)
-        await engine.prime()
+        kube, engine = await _primed(1)
         assert engine.store.seen == {} and engine.store.listings_open == 0
         mark = engine.store.begin_listing()
         engine.observe_pod(_pod(kube, "late", version="50"))  # seen after the mark
@@ -127,10 +124,7 @@ def test_prune_spares_objects_observed_after_the_listing_began() -> None:
 
 def test_scoped_reflectors_prune_only_their_namespace() -> None:
     async def scenario() -> None:
-        kube, clock = FakeKube(), FakeClock()
-        await issued_pods(kube, clock, 2)
-        engine = make_engine(kube, clock)
-        await engine.prime(["shop", "trustwarden-system"])
+        _kube, engine = await _primed(2, ["shop", "trustwarden-system"])
         assert {(r.kind, r.namespace) for r in engine.reflectors} == {
             ("Pod", "shop"),
             ("Pod", "trustwarden-system"),
@@ -154,10 +148,7 @@ def test_scoped_reflectors_prune_only_their_namespace() -> None:
 
 def test_an_object_the_engine_cannot_take_is_skipped_not_retried_for_ever() -> None:
     async def scenario() -> None:
-        kube, clock = FakeKube(), FakeClock()
-        await issued_pods(kube, clock, 1)
-        engine = make_engine(kube, clock)
-        await engine.prime()
+        kube, engine = await _primed(1)
         pods = _reflector(engine, "Pod")
         poison = _pod(kube, "bad", version="600")
         poison["metadata"]["labels"] = "not a mapping"
@@ -184,10 +175,7 @@ def test_a_listing_that_fails_midway_still_closes_its_mark() -> None:
     """Otherwise the store would record every later observation for a prune never run."""
 
     async def scenario() -> None:
-        kube, clock = FakeKube(), FakeClock()
-        await issued_pods(kube, clock, 3)
-        engine = make_engine(kube, clock)
-        await engine.prime()
+        kube, engine = await _primed(3)
         pods = _reflector(engine, "Pod")
         real = kube.list_pages
 
