@@ -6,9 +6,8 @@ what was last written, so a restart or a burst rewrites only what differs. A Wor
 progress alone waits `timing_interval` between writes, except in the final flush of a clean
 shutdown: its timing fields (a renewal moved `nextRenewal`), its pod counts, condition messages,
 and a Ready identity that has new pods waiting for their first certificate (Issuing). Anything
-else is written at once: a failure (Degraded), a problem, becoming Ready, a new generation, a
-certificate lost or expired (fewer issued, beyond the pods that left), and a count that leaves
-or reaches zero (the first pod, the first certificate, the last pod gone)."""
+else is written at once: a failure (Degraded), a problem, becoming Ready, a new generation, and
+a count that leaves or reaches zero (the first pod, the first certificate, the last pod gone)."""
 
 from __future__ import annotations
 
@@ -46,10 +45,6 @@ def progress_only(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
         had, has = before.get(count) or 0, after.get(count) or 0
         if had != has and 0 in (had, has):
             return False
-    issued = (before.get("issued") or 0) - (after.get("issued") or 0)
-    left = (before.get("selectedPods") or 0) - (after.get("selectedPods") or 0)
-    if issued > max(left, 0):  # a certificate lost or expired, not only its pod gone
-        return False
     was = {str(c.get("type")): c for c in before.get("conditions") or ()}
     now = {str(c.get("type")): c for c in after.get("conditions") or ()}
     if was.keys() != now.keys():
@@ -66,7 +61,6 @@ def progress_only(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
             and old.get("status") == "True"
             and condition.get("status") == "False"
             and condition.get("reason") == "Issuing"
-            and (after.get("selectedPods") or 0) > (before.get("selectedPods") or 0)
         )
         if not (same or more_pods):
             return False
