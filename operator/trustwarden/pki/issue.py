@@ -26,6 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 from trustwarden.names import (
     PREFIX as ANNOTATION_PREFIX,
 )
+from trustwarden.sharing import Interned, SharedValues
 
 from ._clock import floor_second, require_utc, to_rfc3339
 from ._x509util import (
@@ -151,7 +152,7 @@ class LeafRequest:
                 "usages is empty; set spec.usages to [server], [client] or [server, client]"
             )
         usages = frozenset(Usage(u) for u in self.usages)
-        object.__setattr__(self, "usages", _USAGE_SETS.setdefault(usages, usages))
+        object.__setattr__(self, "usages", _USAGE_SETS(usages))
         object.__setattr__(self, "key_algorithm", KeyAlgorithm(self.key_algorithm))
         if len(self.dns_names) > MAX_DNS_NAMES:
             raise InvalidArgumentError(
@@ -371,18 +372,17 @@ def _cache_keys(issuer_der: bytes) -> tuple[bytes, bytes]:
     return digest, b"sig:" + digest
 
 
-_ANSWERS: dict[tuple[bytes, bool], tuple[bytes, bool]] = {}
+# (issuer key, answer) pairs: keys are per issuer, so only CA rotations add new ones.
+_ANSWERS: Interned[tuple[bytes, bool]] = Interned(1024)
 # Per issuer key id, the first leaf DER seen: the dictionary its later leaves deflate against.
-_DER_TEMPLATES: dict[bytes | None, bytes] = {}
+_DER_TEMPLATES: SharedValues[bytes | None, bytes] = SharedValues(1024)
 _DER_WBITS = -11  # raw deflate, a 2 KiB window: a leaf and its template fit in it
 
 
 def pack_der(der: bytes, issuer_key_id: bytes | None) -> tuple[bytes, bytes]:
     """`der` deflated against an earlier leaf of the same issuer, and that leaf (shared by
     every leaf packed against it); (der, b"") when that does not make it smaller."""
-    if len(_DER_TEMPLATES) > 1024:
-        _DER_TEMPLATES.clear()
-    template = _DER_TEMPLATES.setdefault(issuer_key_id, der)
+    template = _DER_TEMPLATES.get(issuer_key_id, lambda: der)
     if template is der or len(template) > 2048:
         return der, b""
     deflate = zlib.compressobj(6, zlib.DEFLATED, _DER_WBITS, 1, zdict=template)
@@ -391,40 +391,24 @@ def pack_der(der: bytes, issuer_key_id: bytes | None) -> tuple[bytes, bytes]:
 
 
 # An issuer's key identifier, one copy for all the leaves it signed (only rotations add one).
-_SHARED_KEY_IDS: dict[bytes, bytes] = {}
+_SHARED_KEY_IDS: Interned[bytes] = Interned(1024)
 # A leaf's URIs and the SPIFFE ID they name, shared by every leaf of the same workload
 # identity (the pods of a ServiceAccount): 190 bytes per cached Secret otherwise.
-_IDENTITIES: dict[tuple[str, ...], tuple[tuple[str, ...], SpiffeID | None]] = {}
+_IDENTITIES: SharedValues[tuple[str, ...], tuple[tuple[str, ...], SpiffeID | None]] = SharedValues(
+    65_536
+)
 
 
 def _identity_of(uris: tuple[str, ...]) -> tuple[tuple[str, ...], SpiffeID | None]:
-    found = _IDENTITIES.get(uris)
-    if found is None:
-        spiffe_id: SpiffeID | None = None
+    def parsed() -> tuple[tuple[str, ...], SpiffeID | None]:
         if len(uris) == 1:
             try:
-                spiffe_id = SpiffeID.parse(uris[0])
+                return uris, SpiffeID.parse(uris[0])
             except PKIError:
-                spiffe_id = None
-        if len(_IDENTITIES) > 65_536:  # many more identities than that: stop sharing old ones
-            _IDENTITIES.clear()
-        found = _IDENTITIES.setdefault(uris, (uris, spiffe_id))
-    return found
+                pass
+        return uris, None
 
-
-def _shared_key_id(aki: bytes | None) -> bytes | None:
-    if aki is None:
-        return None
-    if len(_SHARED_KEY_IDS) > 1024:
-        _SHARED_KEY_IDS.clear()
-    return _SHARED_KEY_IDS.setdefault(aki, aki)
-
-
-def _answer(key: bytes, answer: bool) -> tuple[bytes, bool]:
-    pair = (key, answer)
-    if len(_ANSWERS) > 1024:  # keys are per issuer: only CA rotations add new ones
-        _ANSWERS.clear()
-    return _ANSWERS.setdefault(pair, pair)
+    return _IDENTITIES.get(uris, parsed)
 
 
 def _issuer_keys(issuer: x509.Certificate | Authority) -> tuple[bytes, bytes]:
@@ -433,7 +417,7 @@ def _issuer_keys(issuer: x509.Certificate | Authority) -> tuple[bytes, bytes]:
 
 
 # The few distinct usage sets, shared by every leaf that has one (a frozenset is ~200 bytes).
-_USAGE_SETS: dict[frozenset[Usage], frozenset[Usage]] = {}
+_USAGE_SETS: Interned[frozenset[Usage]] = Interned(64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,7 +487,7 @@ class LeafFacts:
     def remember(self, key: bytes, answer: bool) -> None:
         """Record one answer of `issued_by` / `signed_by` (the instance is otherwise frozen)."""
         if self._cached(key) is None:
-            object.__setattr__(self, "_answers", (*self._answers, _answer(key, answer)))
+            object.__setattr__(self, "_answers", (*self._answers, _ANSWERS((key, answer))))
 
     @property
     def intermediates(self) -> tuple[x509.Certificate, ...]:
@@ -639,9 +623,9 @@ def inspect_leaf(
         not_before=leaf.not_valid_before_utc,
         not_after=leaf.not_valid_after_utc,
         key_algorithm=key_algorithm,
-        usages=_USAGE_SETS.setdefault(usages, usages),
+        usages=_USAGE_SETS(usages),
         is_ca=leaf_is_ca,
-        authority_key_id=_shared_key_id(aki),
+        authority_key_id=None if aki is None else _SHARED_KEY_IDS(aki),
         key_matches=key_matches,
         issuer_sha256=sha256_hex(issuer) if issuer is not None else None,
         intermediates_der=tuple(c.public_bytes(serialization.Encoding.DER) for c in certs[1:]),

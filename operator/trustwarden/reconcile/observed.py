@@ -31,6 +31,7 @@ from trustwarden.names import (
 )
 from trustwarden.pki.errors import PKIError
 from trustwarden.pki.issue import LeafFacts, inspect_leaf
+from trustwarden.sharing import Interned
 
 
 def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -271,15 +272,12 @@ class BundleInfo:
         )
 
 
-_FINALIZER_SETS: dict[tuple[str, ...], tuple[str, ...]] = {}
+# Usually none or ours alone: one tuple shared by every Secret with the same list.
+_FINALIZER_SETS: Interned[tuple[str, ...]] = Interned(256)
 
 
 def _finalizers(raw: Any) -> tuple[str, ...]:
-    """Usually none or ours alone: one tuple shared by every Secret with the same list."""
-    found = tuple(intern(str(f)) for f in raw)
-    if len(_FINALIZER_SETS) > 256:
-        _FINALIZER_SETS.clear()
-    return _FINALIZER_SETS.setdefault(found, found)
+    return _FINALIZER_SETS(tuple(intern(str(f)) for f in raw))
 
 
 def _b64(value: Any) -> bytes:
