@@ -134,6 +134,13 @@ def kwok_burst(n: int, ns: int, nodes: int, *, restart_settle: float | None = No
     return steps
 
 
+def backlog(n: int, ns: int) -> list[Step]:
+    """`n` pods that exist before their TrustDomain: issuance against a queue, the figure the
+    share of the write ceiling is about (a burst only shows the pod creator's pace)."""
+    name = f"backlog-{n}x{ns}ns"
+    return [(name, lambda bench, ctx: bench.per_pod(name, n, ns, backlog=True)[0])]
+
+
 def node_loss(n: int) -> list[Step]:
     name = f"node-loss-{n}"
     return [(name, lambda bench, ctx: bench.node_loss(name, n))]
@@ -204,6 +211,7 @@ def profile_steps(profile: str, cert_manager: bool) -> list[Step]:
             *burst(100, 10),
             *burst(1000, 10, profile=True, restart_settle=15),
             *burst(1000, 100),
+            *backlog(1000, 10),
             *steady(20, 30, 10),
             *shared(1000, 10, cert_manager),
             *sweep(500, 10, "10m", "10%"),
@@ -218,6 +226,8 @@ def profile_steps(profile: str, cert_manager: bool) -> list[Step]:
             *burst(1000, 10),
             *burst(1000, 100),
             *burst(10000, 100, profile=True, restart_settle=30),
+            *backlog(1000, 10),
+            *backlog(10000, 100),
             *steady(20, 120, 10),
             *shared(1000, 10, cert_manager),
             *sweep(2000, 10, "10m", "50%"),

@@ -162,6 +162,28 @@ class Bench:
 
         self.wait(all_ready, 120 + len(items) / 10, "WorkloadIdentities Ready")
 
+    def waiting_identities(self, items: list[tuple[str, str, dict[str, Any]]], reason: str) -> None:
+        """Create WorkloadIdentities that cannot be Ready yet, and wait until the operator has
+        said why (`reason` on the Ready condition): it has them in its cache, so its webhook
+        injects the pods that follow."""
+        created = kube.create_many(self.cluster.api, items, threads=8)
+        if created.errors:
+            raise RuntimeError(f"creating WorkloadIdentities failed: {created.errors[:3]}")
+        custom = client.CustomObjectsApi(self.cluster.api)
+        pending = {(ns, body["metadata"]["name"]) for _, ns, body in items}
+
+        def all_waiting() -> bool:
+            for ns, name in list(pending):
+                body = custom.get_namespaced_custom_object(
+                    kube.GROUP, kube.VERSION, ns, "workloadidentities", name
+                )
+                conditions = (body.get("status") or {}).get("conditions") or []
+                if any(c.get("type") == "Ready" and c.get("reason") == reason for c in conditions):
+                    pending.discard((ns, name))
+            return not pending
+
+        self.wait(all_waiting, 120 + len(items) / 10, f"WorkloadIdentities to report {reason}", 1)
+
     def requests(self, who: str, start: float, end: float) -> dict[str, Any]:
         counts = self.audit.count(AUDITED_USERS[who], start, end)
         return counts.as_dict()
@@ -214,12 +236,16 @@ class Bench:
         nodes: int = 0,
         watch: tuple[str, ...] = (),
         before_domain: Callable[[str, str, str], None] | None = None,
+        backlog: bool = False,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Create `n` selected pods across `namespaces` namespaces (burst: as fast as possible
         from a pool of creator threads; steady: at `rate` per second) and time each pod's
         Secret. With `nodes`, the pods are spread over that many kwok Nodes. `watch` adds
         watched kinds; `before_domain(opns, td, trust_domain)` runs once the operator is up
-        and before the TrustDomain is created. Returns (result, state for follow-up
+        and before the TrustDomain is created. With `backlog`, every pod exists before the
+        TrustDomain its identities name: the operator then issues against a queue of `n`,
+        bound by itself and the API server rather than by the pod creator, and latencies and
+        certs/s count from the TrustDomain's creation. Returns (result, state for follow-up
         scenarios)."""
         prefix = self.prefix()
         opns, td = f"{prefix}-tw", f"{prefix}-td"
@@ -233,15 +259,17 @@ class Bench:
         op = self.operator(opns, name)
         if before_domain is not None:
             before_domain(opns, td, trust_domain)
-        self.domain(td, trust_domain)
+        if not backlog:
+            self.domain(td, trust_domain)
         kube.create_namespaces(self.cluster.api, nss, kube.INJECT)
-        self.identities(
-            events,
-            [
-                ("WorkloadIdentity", ns, kube.per_pod_identity(ns, td, ttl=ttl, renew_at=renew_at))
-                for ns in nss
-            ],
-        )
+        identity_items = [
+            ("WorkloadIdentity", ns, kube.per_pod_identity(ns, td, ttl=ttl, renew_at=renew_at))
+            for ns in nss
+        ]
+        if backlog:
+            self.waiting_identities(identity_items, "TrustDomainNotFound")
+        else:
+            self.identities(events, identity_items)
         node_names = [f"{prefix}-node{i}" for i in range(nodes)]
         if node_names:
             kube.create_nodes(self.cluster.api, node_names)
@@ -274,6 +302,19 @@ class Bench:
             progress=lambda k: self.log(f"  created {k}/{n} pods"),
         )
         t_created = time.time()
+        t_domain: float | None = None
+        if backlog:
+            pod_keys = list(created.times)
+
+            def all_pods_seen() -> bool:
+                events.poll()
+                return all(k in events.pods for k in pod_keys)
+
+            self.wait(all_pods_seen, 120 + n / 50, f"the watcher to see {n} pods")
+            self.wait_quiet(3)  # the operator's pod watch is no further behind than ours
+            self.log(f"  {n} pods wait for TrustDomain {td}: creating it")
+            t_domain = time.time()
+            self.domain(td, trust_domain)
         secret_of = {
             key: (meta.get("annotations") or {}).get("trustwarden.io/secret")
             for key, meta in created.bodies.items()
@@ -310,8 +351,8 @@ class Bench:
         latencies = []
         for key, t_secret in secret_times.items():
             t_create = min(created.times[key], events.pods.get(key, created.times[key]))
-            latencies.append(t_secret - t_create)
-        first = min(created.times.values(), default=t_start)
+            latencies.append(t_secret - (t_domain if t_domain is not None else t_create))
+        first = t_domain if t_domain is not None else min(created.times.values(), default=t_start)
         requests = self.requests("trustwarden", t_start - 0.5, t_done + SETTLE_S)
         issued = len(secret_times)
         result = blank(n, namespaces)
