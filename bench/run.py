@@ -91,6 +91,8 @@ def ceiling(n: int) -> list[Step]:
             f"{bench.prefix()}-ceiling",
             n,
             concurrency=OPERATOR_CONCURRENCY,
+            # what one create costs each process, to set beside a certificate's cost
+            pids=bench.pids(),
         )
         bench.log(f"  aiohttp: {result['creates_per_s']} creates/s (p99 {result['p99_s']}s)")
         threaded = write_ceiling(
@@ -134,11 +136,11 @@ def kwok_burst(n: int, ns: int, nodes: int, *, restart_settle: float | None = No
     return steps
 
 
-def backlog(n: int, ns: int) -> list[Step]:
+def backlog(n: int, ns: int, *, profile: bool = False) -> list[Step]:
     """`n` pods that exist before their TrustDomain: issuance against a queue, the figure the
     share of the write ceiling is about (a burst only shows the pod creator's pace)."""
     name = f"backlog-{n}x{ns}ns"
-    return [(name, lambda bench, ctx: bench.per_pod(name, n, ns, backlog=True)[0])]
+    return [(name, lambda bench, ctx: bench.per_pod(name, n, ns, backlog=True, profile=profile)[0])]
 
 
 def node_loss(n: int) -> list[Step]:

@@ -16,6 +16,7 @@ from typing import Any
 from kubernetes import client
 
 from bench.harness import kube
+from bench.harness.procmon import CpuWindow, cpu_per_item
 
 # Sizes of a PerPod ECDSA P-256 SVID Secret as the operator writes it (bytes before base64):
 # the leaf chain, the PKCS#8 key and the anchors, plus its annotations (about 460 bytes;
@@ -95,11 +96,18 @@ def write_ceiling(
 
 
 def write_ceiling_async(
-    kubeconfig: str, api: client.ApiClient, namespace: str, n: int, *, concurrency: int
+    kubeconfig: str,
+    api: client.ApiClient,
+    namespace: str,
+    n: int,
+    *,
+    concurrency: int,
+    pids: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """The same measure through the operator's own HTTP client (aiohttp on one event loop,
     one connection pool): what the operator's process could get at most, without the
-    per-request cost of the kubernetes Python client's threads."""
+    per-request cost of the kubernetes Python client's threads. With `pids`, also the CPU
+    each of those processes spent per create, over the creates alone."""
     import asyncio
 
     from trustwarden.k8s import config as cluster_config
@@ -109,6 +117,7 @@ def write_ceiling_async(
     bodies = [svid_sized_secret(f"s{i}") for i in range(n)]
     latencies: list[float] = []
     errors: list[str] = []
+    usage: dict[str, Any] = {}
 
     async def run() -> float:
         http = ApiClient(cluster_config.load(kubeconfig), pool=concurrency)
@@ -129,9 +138,13 @@ def write_ceiling_async(
 
         try:
             await http.request("GET", path, params={"limit": "1"})  # warm the pool
+            window = CpuWindow(pids).start() if pids else None
             started = time.monotonic()
             await asyncio.gather(*(worker() for _ in range(concurrency)))
-            return time.monotonic() - started
+            elapsed = time.monotonic() - started
+            if window is not None:
+                usage.update(cpu_per_item(window.stop(), len(latencies)))
+            return elapsed
         finally:
             await http.close()
 
@@ -151,6 +164,7 @@ def write_ceiling_async(
         "throttled_429": 0,
         "errors": len(errors),
         "error_samples": errors[:3],
+        **({"cpu": usage} if usage else {}),
     }
 
 

@@ -179,3 +179,19 @@ class CpuWindow:
             "loadavg_end": loadavg(),
             "calibration_ms": [self.start_calibration, calibration_ms()],
         }
+
+
+def cpu_per_item(usage: dict[str, object], items: int) -> dict[str, object]:
+    """A CpuWindow's usage per item (a create, a certificate): milliseconds of CPU per process,
+    with the window's length and how busy the whole machine was."""
+    cpu = usage.get("cpu_s")
+    per_process = cpu if isinstance(cpu, dict) else {}
+    return {
+        "items": items,
+        "wall_s": usage.get("wall_s"),
+        "machine_busy_fraction": usage.get("machine_busy_fraction"),
+        "ms_per_item": {
+            name: round(1000 * float(seconds) / max(items, 1), 3)
+            for name, seconds in per_process.items()
+        },
+    }

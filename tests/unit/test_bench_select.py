@@ -36,3 +36,27 @@ def test_a_full_name_selects_that_scenario_and_a_partial_one_is_a_prefix() -> No
     }
     assert names("burst-1000x10ns") == ["burst-1000x10ns"]
     assert set(names("burst-1000")) >= {"burst-1000x10ns", "burst-1000x100ns"}
+
+
+def test_the_backlog_scenarios_are_in_both_long_profiles() -> None:
+    run = _run_module()
+    quick = [name for name, _ in run.profile_steps("quick", False)]
+    full = [name for name, _ in run.profile_steps("full", False)]
+    assert "backlog-1000x10ns" in quick
+    assert {"backlog-1000x10ns", "backlog-10000x100ns"} <= set(full)
+    # the ceiling comes first: every share in the run is against it
+    assert full[0].startswith("write-ceiling") and quick[0].startswith("write-ceiling")
+
+
+def test_cpu_per_item_divides_each_process_and_keeps_the_window() -> None:
+    from bench.harness.procmon import cpu_per_item
+
+    usage = {"wall_s": 4.0, "machine_busy_fraction": 0.9, "cpu_s": {"kube-apiserver": 3.0}}
+    out = cpu_per_item(usage, 1000)
+    assert out == {
+        "items": 1000,
+        "wall_s": 4.0,
+        "machine_busy_fraction": 0.9,
+        "ms_per_item": {"kube-apiserver": 3.0},
+    }
+    assert cpu_per_item({"cpu_s": {"etcd": 1.0}}, 0)["ms_per_item"] == {"etcd": 1000.0}
