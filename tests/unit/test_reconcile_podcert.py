@@ -418,6 +418,39 @@ def test_a_cluster_trust_bundle_edited_or_deleted_by_hand_is_seen_and_rewritten(
     assert publisher.published(runtime, sha)  # type: ignore[arg-type]
 
 
+def test_a_bundle_sync_survives_the_watch_forgetting_what_it_deletes() -> None:
+    """A stale ClusterTrustBundle (its TrustDomain is gone) is deleted by the sync; the watch can
+    report that deletion, and forget the name, before the DELETE call returns. The sync must
+    not fail then: it did stop the whole signer once (KeyError on the bundle's name)."""
+    import asyncio
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from trustwarden.reconcile.podcerts.trust_bundles import TrustBundlePublisher
+
+    pem = CA.certificate.public_bytes(Encoding.PEM).decode()
+
+    class Kube:
+        def __init__(self) -> None:
+            self.deleted: list[str] = []
+
+        async def delete(
+            self, kind: str, namespace: str, name: str, *, uid: str | None = None
+        ) -> bool:
+            self.deleted.append(name)
+            publisher.forget(_ctb(pem))  # the watch's DELETED event, handled meanwhile
+            await asyncio.sleep(0)
+            return True
+
+    kube = Kube()
+    publisher = TrustBundlePublisher(kube)  # type: ignore[arg-type]
+    publisher.observe(_ctb(pem))  # listed at start; no TrustDomain "prod" any more
+    asyncio.run(publisher.sync([], NOW))
+    assert kube.deleted == [_ctb(pem)["metadata"]["name"]]
+    assert publisher.stored == {} and publisher.versions == {} and publisher.shas == {}
+    assert publisher.writes == 1
+
+
 def test_status_counts_of_pod_certificates_survive_a_restart() -> None:
     """After a start the live pods holding a ledger serial count as issued at once."""
     from types import SimpleNamespace

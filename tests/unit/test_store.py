@@ -176,6 +176,19 @@ def _facts(**overrides: Any) -> IdentityFacts:
             "SecretConflict",
             "1 of 2 certificate(s) failing; first: taken",
         ),
+        (  # an identity-wide failure before any pod is selected: no "1 of 0" count
+            {
+                "selected": 0,
+                "issued": 0,
+                "soonest": None,
+                "failed": 1,
+                "first_failure": ("SignerUnavailable", "the pod-certificate signer stopped"),
+            },
+            False,
+            True,
+            "SignerUnavailable",
+            "the pod-certificate signer stopped",
+        ),
         (
             {"problem": ("NamespaceNotAllowed", "left"), "first_failure": ("X", "y")},
             False,
@@ -191,6 +204,7 @@ def test_readiness_chain_first_answer_wins(
     answer = identity_readiness(_facts(**overrides))
     assert (answer.ready, answer.degraded, answer.reason) == (ready, degraded, reason)
     assert says in answer.message
+    assert " of 0 " not in answer.message
 
 
 def test_a_problem_without_valid_certificates_says_nothing_of_them() -> None:

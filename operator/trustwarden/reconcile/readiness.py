@@ -61,7 +61,10 @@ def failing(facts: IdentityFacts) -> Readiness | None:
     if facts.first_failure is None:
         return None
     reason, first = facts.first_failure
-    message = f"{facts.failed} of {facts.selected} certificate(s) failing; first: {first}"
+    if 0 < facts.failed <= facts.selected:
+        message = f"{facts.failed} of {facts.selected} certificate(s) failing; first: {first}"
+    else:  # the identity as a whole fails (e.g. its signer is down), with no pod selected yet
+        message = first
     return Readiness(False, True, reason, message)
 
 

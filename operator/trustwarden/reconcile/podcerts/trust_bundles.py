@@ -112,7 +112,8 @@ class TrustBundlePublisher:
         for name in [n for n in self.stored if n not in wanted]:
             await self.kube.delete(KIND, "", name)
             self.writes += 1
-            del self.stored[name]
+            # The watch may have seen the deletion (and forgotten the name) while we waited.
+            self.stored.pop(name, None)
             self.versions.pop(name, None)
         for domain in [d for d in self.shas if bundle_name(d) not in wanted]:
             del self.shas[domain]
