@@ -533,3 +533,63 @@ def test_a_serial_signed_just_before_a_crash_is_recorded_from_its_request() -> N
     # Already recorded (or expired): nothing is recorded twice.
     assert backfill_ledger(ledger, listed[:1], {"prod": runtime}, NOW) == 0  # type: ignore[dict-item]
     assert backfill_ledger(Ledger(), listed[:1], {"prod": runtime}, plan.not_after) == 0  # type: ignore[dict-item]
+
+
+def _pod_body(name: str, uid: str, volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": "shop", "name": name, "uid": uid, "labels": {"app": "web"}},
+        "spec": {"volumes": volumes},
+    }
+
+
+def _projected(signer: str) -> dict[str, Any]:
+    return {"name": "svid", "projected": {"sources": [{"podCertificate": {"signerName": signer}}]}}
+
+
+def test_only_pods_that_can_hold_our_pod_certificates_are_kept() -> None:
+    """The signer watches every pod, but keeps only those mounting a volume of one of our
+    signers, or holding a serial of ours: a Secret-only pod costs it nothing."""
+    from types import SimpleNamespace
+
+    from trustwarden.metrics import Metrics
+    from trustwarden.reconcile.ledger import LedgerEntry
+    from trustwarden.reconcile.podcerts import PodCertificates
+    from trustwarden.reconcile.settings import EngineConfig
+
+    engine = SimpleNamespace(
+        config=EngineConfig(), started=True, domains={}, wids={}, namespaces={},
+        dirty_status=set(), anchor_gates=[], status_extras=None,
+    )  # fmt: skip
+    controller = PodCertificates(object(), engine, Metrics(), clock=lambda: NOW)  # type: ignore[arg-type]
+    secret_pod = _pod_body("s", "uid-s", [{"name": "trustwarden-svid", "secret": {}}])
+    foreign = _pod_body("f", "uid-f", [_projected("example.com/other")])
+    ours = _pod_body("n", "uid-n", [_projected("trustwarden.io/prod")])
+    other = _pod_body("n2", "uid-n2", [_projected("trustwarden.io/prod")])
+    recorded = _pod_body("r", "uid-r", [])
+    controller.ledger.record("shop", LedgerEntry(9, "uid-r", NOW + timedelta(hours=1), "prod", "x"))
+    for body in (secret_pod, foreign, ours, other, recorded):
+        controller._pod_seen(body)
+    assert set(controller.pods) == {("shop", "n"), ("shop", "n2"), ("shop", "r")}
+    assert controller.pods[("shop", "n")].uid == "uid-n"
+    # Pods with the same labels share one mapping.
+    assert controller.pods[("shop", "n")].labels is controller.pods[("shop", "n2")].labels
+    assert not podcert.mounts_our_signer(secret_pod) and not podcert.mounts_our_signer(foreign)
+    assert podcert.mounts_our_signer(ours)
+    assert not podcert.mounts_our_signer({"spec": {"volumes": [{"projected": None}]}})
+    # A pod not kept still has its serials revoked when it goes (the event carries its UID).
+    revoked: list[int] = []
+    engine.revoke_issued = lambda ns, entry, reason: revoked.append(entry.serial)
+    controller.ledger.record(
+        "shop", LedgerEntry(11, "uid-s", NOW + timedelta(hours=1), "prod", "x")
+    )
+    controller.ready.set()
+    controller._pod_deleted(secret_pod)
+    assert revoked == [11]
+    # Once its serial is recorded, a pod without our volume is kept at its next event.
+    controller._pod_seen(secret_pod)
+    assert ("shop", "s") not in controller.pods  # its serial was revoked and forgotten
+    controller.ledger.record(
+        "shop", LedgerEntry(12, "uid-s", NOW + timedelta(hours=1), "prod", "x")
+    )
+    controller._pod_seen(secret_pod)
+    assert ("shop", "s") in controller.pods

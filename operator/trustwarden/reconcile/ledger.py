@@ -119,6 +119,10 @@ class Ledger:
             return None
         return entry
 
+    def owns_any(self, namespace: str, owner_uid: str) -> bool:
+        bucket = self.entries.get(namespace)
+        return bucket is not None and any(e.owner_uid == owner_uid for e in bucket.values())
+
     def owned_by(self, namespace: str, owner_uid: str) -> list[LedgerEntry]:
         return [e for e in self.entries.get(namespace, {}).values() if e.owner_uid == owner_uid]
 

@@ -81,6 +81,17 @@ def domain_of(signer: str) -> str | None:
     return rest if rest and "/" not in rest else None
 
 
+def mounts_our_signer(pod: Mapping[str, Any]) -> bool:
+    """Whether a pod body has a projected podCertificate source naming one of our signers: the
+    kubelet asks for pod certificates only for such volumes, and pod volumes are immutable."""
+    for volume in (pod.get("spec") or {}).get("volumes") or ():
+        for source in (volume.get("projected") or {}).get("sources") or ():
+            signer = (source.get("podCertificate") or {}).get("signerName")
+            if isinstance(signer, str) and domain_of(signer) is not None:
+                return True
+    return False
+
+
 def bundle_name(domain: str) -> str:
     """The ClusterTrustBundle of a TrustDomain. The API requires a name made of the signer
     name with '/' replaced by ':', then ':' and a suffix of our choice."""

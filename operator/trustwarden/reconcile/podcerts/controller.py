@@ -25,6 +25,7 @@ import time
 import zlib
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from sys import intern
 from typing import Any
 
 from trustwarden.metrics import Metrics
@@ -32,6 +33,7 @@ from trustwarden.names import MANAGED_BY, MANAGER
 from trustwarden.reconcile import podcert
 from trustwarden.reconcile.ledger import LEDGER_KEY, Ledger
 from trustwarden.reconcile.model import DeliveryMode
+from trustwarden.reconcile.observed import shared_labels
 from trustwarden.reconcile.podcerts.recovery import backfill_ledger, recover_pod_identities
 from trustwarden.reconcile.podcerts.requests import Requests
 from trustwarden.reconcile.podcerts.trust_bundles import TrustBundlePublisher
@@ -250,10 +252,20 @@ class PodCertificates(Requests):
         self._seen[key] = self._seq
 
     def _pod_seen(self, body: Mapping[str, Any]) -> None:
+        """Keep the pods that can hold one of our pod certificates: those mounting a volume of
+        one of our signers, and any pod the ledger records a serial for. Every other pod (all of
+        them on a Secret-only cluster) costs nothing here: at 100,000 pods a copy of each one's
+        UID and labels was about 1 KiB per pod. A request for a pod not kept is answered from a
+        GET of the pod; its deletion still revokes (the watch event carries its UID)."""
         meta = body.get("metadata") or {}
         key = key_of(body)
+        uid = intern(str(meta.get("uid") or ""))
+        if not podcert.mounts_our_signer(body) and not self.ledger.owns_any(key[0], uid):
+            if self.pods.pop(key, None) is not None:
+                self._seen.pop(key, None)
+            return
         self._note(key)
-        self.pods[key] = PodSeen(str(meta.get("uid") or ""), dict(meta.get("labels") or {}))
+        self.pods[key] = PodSeen(uid, shared_labels(meta.get("labels") or {}))
 
     def _pod_deleted(self, body: Mapping[str, Any]) -> None:
         key = key_of(body)

@@ -17,6 +17,7 @@ from trustwarden.pki._clock import to_rfc3339
 from trustwarden.pki._x509util import sha256_hex
 from trustwarden.reconcile import podcert
 from trustwarden.reconcile.ledger import Ledger
+from trustwarden.reconcile.observed import shared_labels
 from trustwarden.reconcile.podcerts.signer import Refused, Signed, sign
 from trustwarden.reconcile.podcerts.trust_bundles import TrustBundlePublisher
 from trustwarden.reconcile.podcerts.views import (
@@ -100,7 +101,7 @@ class Requests:
             if fetched is None or meta.get("uid") != pcr.pod_uid or meta.get("deletionTimestamp"):
                 log.info("%s names a pod that no longer exists; not issued", pcr.where)
                 return False
-            pod = PodSeen(pcr.pod_uid, dict(meta.get("labels") or {}))
+            pod = PodSeen(pcr.pod_uid, shared_labels(meta.get("labels") or {}))
         if not runtime.loaded and runtime.conflict is None:
             return WAIT
         active = runtime.active()
@@ -126,6 +127,9 @@ class Requests:
         if not await self._write(body, outcome.status):
             return False
         self.ledger.record(pcr.namespace, outcome.entry)
+        # A pod without a volume of ours (the watch keeps none of those) holds a serial now:
+        # keep it, so a relisting that misses it revokes the serial.
+        self.pods[(pcr.namespace, pcr.pod_name)] = pod
         identity = (outcome.plan.identity.namespace, outcome.plan.identity.name)
         record = self.identities.setdefault(identity, IdentityRecord())
         record.issued += 1

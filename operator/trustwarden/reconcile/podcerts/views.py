@@ -73,10 +73,10 @@ class EngineView(Protocol):
     def revoke_issued(self, namespace: str, entry: LedgerEntry, reason: str) -> str | None: ...
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class PodSeen:
     uid: str
-    labels: Mapping[str, str]
+    labels: Mapping[str, str]  # read-only: shared with every pod carrying the same labels
 
 
 @dataclass
