@@ -47,6 +47,71 @@ def test_a_status_is_written_once_per_content_and_timing_changes_wait() -> None:
     asyncio.run(scenario())
 
 
+def _identity(ready: str, reason: str, issued: int, selected: int, failed: int = 0) -> Any:
+    condition = {
+        "type": "Ready",
+        "status": ready,
+        "reason": reason,
+        "message": f"{issued} of {selected}",
+        "lastTransitionTime": "t",
+        "observedGeneration": 1,
+    }
+    return _status(selectedPods=selected, issued=issued, failed=failed, conditions=[condition])
+
+
+def test_an_identitys_progress_waits_and_its_news_does_not() -> None:
+    """Pods arriving over a burst move counts and flip Ready to Issuing and back: written at
+    most once per interval. Becoming Ready, a failure or a problem: written at once."""
+
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        writer = StatusWriter(kube, clock, timedelta(seconds=30))
+        current = {"status": _identity("True", "Ready", 3, 3)}
+
+        async def flush() -> int:
+            writer.dirty.add(WID)
+            await writer.flush(lambda _key: current["status"])
+            return kube.calls["patch_status"]
+
+        assert await flush() == 1
+        current["status"] = _identity("False", "Issuing", 3, 4)  # a new pod waits: progress
+        assert await flush() == 1
+        current["status"] = _identity("True", "Ready", 4, 4)  # counts and message only
+        assert await flush() == 1
+        clock.advance(timedelta(seconds=31))
+        assert await flush() == 2  # at the interval, the latest
+        assert kube.statuses[("WorkloadIdentity", "shop", "web")]["issued"] == 4
+
+        current["status"] = _identity("False", "Issuing", 4, 5)
+        assert await flush() == 2
+        current["status"] = _identity("True", "Ready", 3, 3)  # a pod left with its certificate
+        assert await flush() == 2
+        current["status"] = _identity("False", "Issuing", 2, 3)  # and a certificate is gone
+        assert await flush() == 3  # 2 fewer than the 4 written, one pod fewer: at once
+        current["status"] = _identity("False", "SecretConflict", 2, 5, failed=1)  # news
+        assert await flush() == 4
+        current["status"] = _identity("False", "Issuing", 2, 5)  # the failure cleared
+        assert await flush() == 5
+        current["status"] = _identity("True", "Ready", 5, 5)  # became Ready: at once
+        assert await flush() == 6
+        written = kube.statuses[("WorkloadIdentity", "shop", "web")]
+        assert written["conditions"][0]["status"] == "True" and written["issued"] == 5
+        current["status"] = _identity("True", "Ready", 0, 0)  # the last pod gone: at once
+        assert await flush() == 7
+        current["status"] = _identity("False", "Issuing", 0, 1)  # the first pod: at once
+        assert await flush() == 8
+        current["status"] = _identity("True", "Ready", 1, 1)  # and its certificate
+        assert await flush() == 9
+        current["status"] = _identity("True", "Ready", 2, 2)
+        assert await flush() == 9
+        clock.advance(timedelta(seconds=31))
+        assert await flush() == 10
+        current["status"] = _identity("False", "Issuing", 1, 2)  # one expired: not new pods
+        assert await flush() == 11
+
+    asyncio.run(scenario())
+
+
 def test_a_seeded_status_is_not_rewritten_and_keeps_transition_times() -> None:
     async def scenario() -> None:
         kube, clock = FakeKube(), FakeClock()

@@ -360,7 +360,8 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await pod_certificates_task
         await webhook.close()
-        await engine.stop()
+        # without the lease, statuses are the new leader's to write
+        await engine.stop(write_statuses=services.leading)
         if elector is not None:
             await elector.release()
         await gateway.close()
