@@ -51,6 +51,33 @@ def renewals(histories: Mapping[Key, Sequence[Version]]) -> list[float]:
     return sorted(v[0] for versions in histories.values() for v in versions[1:])
 
 
+def due_and_arrived(histories: Mapping[Key, Sequence[Version]]) -> list[tuple[float, float]]:
+    """For every re-issue whose previous version announced a renew-at: (when it was due, when
+    it was seen). Bucketing the first tells the schedule's own waves from what the issuing
+    and the watch added: a busy second in the arrivals that is not in the due times was made
+    after the schedule."""
+    out: list[tuple[float, float]] = []
+    for versions in histories.values():
+        for before, after in itertools.pairwise(versions):
+            due = _renew_at(before)
+            if due is not None:
+                out.append((due, after[0]))
+    out.sort()
+    return out
+
+
+def lag_summary(pairs: Iterable[tuple[float, float]]) -> dict[str, float | None]:
+    """Seconds from due to seen: median, 99th percentile and worst (None when empty)."""
+    lags = sorted(arrived - due for due, arrived in pairs)
+    if not lags:
+        return {"p50": None, "p99": None, "max": None}
+
+    def at(q: float) -> float:
+        return round(lags[min(len(lags) - 1, int(q * len(lags)))], 3)
+
+    return {"p50": at(0.5), "p99": at(0.99), "max": round(lags[-1], 3)}
+
+
 def moves(histories: Mapping[Key, Sequence[Version]], new_issuer: str) -> dict[Key, Version]:
     """For each Secret, its first version issued by `new_issuer` after one by another
     issuer (the leaf's move to the new authority)."""

@@ -999,11 +999,20 @@ class Bench:
             early = rollover.off_schedule(histories, new, slack_s=5.0)
             gaps = rollover.verification_gaps(histories, dict(events.bundles))
             requests = self.requests("trustwarden", t_act, t_act + window_s)
+            # the same renewals by the time each was due: waves here are the schedule's
+            pairs = [
+                (due, seen)
+                for due, seen in rollover.due_and_arrived(histories)
+                if t_act <= seen < t_act + window_s
+            ]
+            by_due = rollover.rate([due for due, _ in pairs], t_act, t_act + window_s)
             result["scheduled"] = {
                 "activation_vs_plan_s": round(t_act - activate_at, 1),
                 "window_s": window_s,
                 "renewals_before": before.as_dict(),
                 "renewals_after": after.as_dict(),
+                "renewals_after_by_due_time": by_due.as_dict(),
+                "renewal_lag_s": rollover.lag_summary(pairs),
                 "moved": len(moved),
                 "all_moved_after_s": round(moved_all - t_act, 1) if moved_all else None,
                 "moved_ahead_of_renew_at": len(early),
@@ -1014,14 +1023,20 @@ class Bench:
                 "cpu_s": usage["cpu_s"].get("trustwarden"),
             }
             per_second = Counter(int(t - t_act + window_s) for t in times)
+            due_per_second = Counter(int(due - t_act + window_s) for due, _ in pairs)
             self.samples[name] = {
-                "renewals_per_s": [per_second[i] for i in range(int(2 * window_s))]
+                "renewals_per_s": [per_second[i] for i in range(int(2 * window_s))],
+                "due_per_s_after": [
+                    due_per_second[i] for i in range(int(window_s), int(2 * window_s))
+                ],
             }
             self.log(
                 f"  scheduled: {len(moved)}/{len(secrets)} moved, {len(early)} ahead of their "
                 f"renew-at; renewals/s before mean {before.mean_per_s:.1f} peak {before.peak_per_s}, "
                 f"after mean {after.mean_per_s:.1f} peak {after.peak_per_s} "
-                f"(peak/mean {after.peak_to_mean}); {len(gaps)} verification gaps"
+                f"(peak/mean {after.peak_to_mean}); by due time peak {by_due.peak_per_s} "
+                f"(peak/mean {by_due.peak_to_mean}); lag {rollover.lag_summary(pairs)}; "
+                f"{len(gaps)} verification gaps"
             )
             result.update(self._emergency(name, state, secrets, emergency_after))
             sched = result["scheduled"]

@@ -50,6 +50,21 @@ def test_a_move_before_the_announced_renew_at_is_off_schedule() -> None:
     assert rollover.off_schedule(histories, NEW, slack_s=5.0) == [(("ns", "early"), 60.0)]
 
 
+def test_each_renewal_is_paired_with_the_renew_at_before_it() -> None:
+    histories = {
+        ("ns", "a"): [
+            (0.0, "1", OLD, "1970-01-01T00:01:40Z"),  # due at 100
+            (101.5, "2", OLD, "1970-01-01T00:03:20Z"),  # due at 200
+            (203.0, "3", NEW, None),
+        ],
+        ("ns", "b"): [(0.0, "4", OLD, None), (50.0, "5", OLD, None)],  # nothing announced
+    }
+    pairs = rollover.due_and_arrived(histories)
+    assert pairs == [(100.0, 101.5), (200.0, 203.0)]
+    assert rollover.lag_summary(pairs) == {"p50": 3.0, "p99": 3.0, "max": 3.0}
+    assert rollover.lag_summary([]) == {"p50": None, "p99": None, "max": None}
+
+
 def test_no_gap_when_the_anchor_is_published_first_and_kept() -> None:
     histories = {("ns", "a"): [(1.0, "1", OLD, None), (10.0, "2", NEW, None)]}
     bundles = {"ns": [(0.0, [OLD]), (5.0, [OLD, NEW]), (20.0, [NEW])]}
