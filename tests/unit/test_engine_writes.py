@@ -72,8 +72,17 @@ def test_a_clean_stop_writes_deferred_timing_changes() -> None:
 
     async def scenario() -> None:
         kube, clock = FakeKube(), FakeClock()
-        engine, written = await _stopping_with_a_deferred_status(kube, clock)
-        first = kube.statuses[WID]  # as last written: the deferred change is not in it
+        engine = await issued(kube, clock)
+        await engine.flush_status()
+        written = kube.calls["patch_status"]
+        first = kube.statuses[WID]
+        deadline = engine.scheduler.deadline_of(STATUS_KEY)
+        assert deadline is not None
+        engine.scheduler.schedule(STATUS_KEY, deadline - timedelta(minutes=1))
+        engine.dirty_status.add(STATUS_KEY)
+        await engine.flush_status()
+        assert kube.calls["patch_status"] == written, "deferred while running"
+        engine.started = True  # as after start(): stop() flushes only a started engine
         await engine.stop()
         assert kube.calls["patch_status"] == written + 1
         assert kube.statuses[WID]["nextRenewal"] != first["nextRenewal"]
@@ -96,20 +105,12 @@ class _UnreachableStatuses(FakeKube):
         await super().patch_status(kind, namespace, name, status)
 
 
-async def _stopping_with_a_deferred_status(kube: FakeKube, clock: FakeClock) -> tuple[Any, int]:
-    """A started engine whose payments/api status has a timing-only change deferred, to be
-    written at stop; and how many status patches were made before it."""
-    engine = await issued(kube, clock)
-    await engine.flush_status()
-    written = kube.calls["patch_status"]
+def _deferred(engine: Any) -> None:
+    """Leave a timing-only change of payments/api deferred, to be written at stop."""
     deadline = engine.scheduler.deadline_of(STATUS_KEY)
     assert deadline is not None
     engine.scheduler.schedule(STATUS_KEY, deadline - timedelta(minutes=1))
     engine.dirty_status.add(STATUS_KEY)
-    await engine.flush_status()
-    assert kube.calls["patch_status"] == written, "deferred while running"
-    engine.started = True  # as after start(): stop() flushes only a started engine
-    return engine, written
 
 
 def test_a_stop_with_the_api_unreachable_gives_up_on_statuses_after_its_budget() -> None:
@@ -118,7 +119,12 @@ def test_a_stop_with_the_api_unreachable_gives_up_on_statuses_after_its_budget()
 
     async def scenario() -> None:
         kube, clock = _UnreachableStatuses(), FakeClock()
-        engine, written = await _stopping_with_a_deferred_status(kube, clock)
+        engine = await issued(kube, clock)
+        await engine.flush_status()
+        written = kube.calls["patch_status"]
+        _deferred(engine)
+        await engine.flush_status()
+        engine.started = True
         kube.unreachable = True
         await asyncio.wait_for(engine.stop(status_seconds=0.05), timeout=60)
         assert kube.attempts == 1, "the deferred status was attempted once, then abandoned"
@@ -131,7 +137,12 @@ def test_a_stop_with_the_api_unreachable_gives_up_on_statuses_after_its_budget()
 def test_a_stop_after_losing_the_lease_leaves_statuses_to_the_new_leader() -> None:
     async def scenario() -> None:
         kube, clock = FakeKube(), FakeClock()
-        engine, written = await _stopping_with_a_deferred_status(kube, clock)
+        engine = await issued(kube, clock)
+        await engine.flush_status()
+        written = kube.calls["patch_status"]
+        _deferred(engine)
+        await engine.flush_status()
+        engine.started = True
         await engine.stop(write_statuses=False)
         assert kube.calls["patch_status"] == written, "a status written without the lease"
 
