@@ -9,7 +9,7 @@ from typing import Any
 from tests.unit.fakes import FakeClock, FakeKube
 from trustwarden.reconcile.events import EVENT_DEDUP_SECONDS, EventRecorder
 from trustwarden.reconcile.ports import NotFoundError, ObjectRef
-from trustwarden.reconcile.status import WRITES_AT_ONCE, StatusWriter
+from trustwarden.reconcile.status import StatusWriter
 
 WID = ("wid", "shop", "web")
 REF = ObjectRef("trustwarden.io/v1alpha1", "WorkloadIdentity", "web", "shop", "uid-1")
@@ -108,36 +108,6 @@ def test_an_identitys_progress_waits_and_its_news_does_not() -> None:
         assert await flush() == 10
         current["status"] = _identity("False", "Issuing", 1, 2)  # one expired: not new pods
         assert await flush() == 11
-
-    asyncio.run(scenario())
-
-
-def test_statuses_are_written_a_few_at_once_and_a_failure_stays_pending() -> None:
-    class SlowKube(FakeKube):
-        def __init__(self) -> None:
-            super().__init__()
-            self.in_flight = self.most = 0
-
-        async def patch_status(
-            self, kind: str, namespace: str | None, name: str, status: Any
-        ) -> None:
-            self.in_flight += 1
-            self.most = max(self.most, self.in_flight)
-            await asyncio.sleep(0)  # yield, so the others can start
-            self.in_flight -= 1
-            if name == "broken":
-                raise RuntimeError("the API server went away")
-            await super().patch_status(kind, namespace, name, status)
-
-    async def scenario() -> None:
-        kube, clock = SlowKube(), FakeClock()
-        writer = StatusWriter(kube, clock, timedelta(seconds=30))
-        keys = [("wid", "shop", f"web-{i}") for i in range(40)] + [("wid", "shop", "broken")]
-        writer.dirty.update(keys)
-        await writer.flush(lambda key: _status(name=key[2]), final=True)
-        assert 1 < kube.most <= WRITES_AT_ONCE
-        assert len(kube.statuses) == 40
-        assert writer.dirty == {("wid", "shop", "broken")}, "retried at the next flush"
 
     asyncio.run(scenario())
 

@@ -12,7 +12,6 @@ or reaches zero (the first pod, the first certificate, the last pod gone)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -29,7 +28,6 @@ STATUS_TIMING_FIELDS = ("nextRenewal", "soonestExpiry")
 CONDITION_FIELDS = ("type", "status", "reason", "message", "lastTransitionTime")
 CONDITION_MESSAGE_MAX = 32000
 KINDS = {"td": "TrustDomain", "wid": "WorkloadIdentity"}
-WRITES_AT_ONCE = 8
 
 
 PROGRESS_FIELDS = ("selectedPods", "issued")
@@ -149,49 +147,33 @@ class StatusWriter:
             del self._deferred[key]
         pending = self.dirty | set(due)
         self.dirty.clear()
-        gate = asyncio.Semaphore(WRITES_AT_ONCE)
-
-        async def write(key: StatusKey) -> None:
-            async with gate:
-                await self._write_one(key, build, now, final)
-
-        # a few at once: one by one, the final flush of a 1,000-identity restart in the
-        # benchmark outlasted the 5 s a stop gives it
-        await asyncio.gather(*(write(key) for key in pending))
-
-    async def _write_one(
-        self,
-        key: StatusKey,
-        build: Callable[[StatusKey], dict[str, Any] | None],
-        now: datetime,
-        final: bool,
-    ) -> None:
-        kind, namespace, name = key
-        try:
-            status = build(key)
-            previous = self.last.get(key)
-            if status is None or previous == status:
+        for key in pending:
+            kind, namespace, name = key
+            try:
+                status = build(key)
+                previous = self.last.get(key)
+                if status is None or previous == status:
+                    self._deferred.pop(key, None)
+                    if status is None:
+                        self._written_at.pop(key, None)
+                    continue
+                if (
+                    not final
+                    and kind == "wid"
+                    and previous is not None
+                    and progress_only(previous, status)
+                ):
+                    written_at = self._written_at.get(key)
+                    later = (written_at or now) + self.timing_interval
+                    if written_at is not None and later > now:
+                        self._deferred.setdefault(key, later)
+                        continue
+                await self.kube.patch_status(KINDS[kind], namespace or None, name, status)
+                self.last[key] = status
+                self._written_at[key] = now
                 self._deferred.pop(key, None)
-                if status is None:
-                    self._written_at.pop(key, None)
-                return
-            if (
-                not final
-                and kind == "wid"
-                and previous is not None
-                and progress_only(previous, status)
-            ):
-                written_at = self._written_at.get(key)
-                later = (written_at or now) + self.timing_interval
-                if written_at is not None and later > now:
-                    self._deferred.setdefault(key, later)
-                    return
-            await self.kube.patch_status(KINDS[kind], namespace or None, name, status)
-            self.last[key] = status
-            self._written_at[key] = now
-            self._deferred.pop(key, None)
-        except NotFoundError:
-            self.last.pop(key, None)
-        except Exception as exc:
-            self.dirty.add(key)
-            log.warning("status of %s %s/%s not written: %s", kind, namespace, name, exc)
+            except NotFoundError:
+                self.last.pop(key, None)
+            except Exception as exc:
+                self.dirty.add(key)
+                log.warning("status of %s %s/%s not written: %s", kind, namespace, name, exc)
