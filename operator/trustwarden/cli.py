@@ -151,8 +151,8 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--status-timing-interval",
         default="30s",
         metavar="DURATION",
-        help="a WorkloadIdentity status change that only reports progress (nextRenewal, "
-        "soonestExpiry, pod counts, new pods Issuing) is written at most this often (default 30s)",
+        help="a status change that only moves timing fields (nextRenewal, soonestExpiry) is "
+        "written at most this often (default 30s)",
     )
     run.add_argument(
         "--ledger-interval",

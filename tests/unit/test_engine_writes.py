@@ -90,65 +90,6 @@ def test_a_clean_stop_writes_deferred_timing_changes() -> None:
     asyncio.run(scenario())
 
 
-class _UnreachableStatuses(FakeKube):
-    """Status patches that never answer, as with the API server gone while stopping."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.unreachable = False
-        self.attempts = 0
-
-    async def patch_status(self, kind: str, namespace: str | None, name: str, status: Any) -> None:
-        if self.unreachable:
-            self.attempts += 1
-            await asyncio.Event().wait()  # never set: the request hangs until cancelled
-        await super().patch_status(kind, namespace, name, status)
-
-
-def _deferred(engine: Any) -> None:
-    """Leave a timing-only change of payments/api deferred, to be written at stop."""
-    deadline = engine.scheduler.deadline_of(STATUS_KEY)
-    assert deadline is not None
-    engine.scheduler.schedule(STATUS_KEY, deadline - timedelta(minutes=1))
-    engine.dirty_status.add(STATUS_KEY)
-
-
-def test_a_stop_with_the_api_unreachable_gives_up_on_statuses_after_its_budget() -> None:
-    """The final status flush is bounded: a stop whose patches hang returns after the budget
-    (the guard below only turns a hang into a failure), with the statuses left undone."""
-
-    async def scenario() -> None:
-        kube, clock = _UnreachableStatuses(), FakeClock()
-        engine = await issued(kube, clock)
-        await engine.flush_status()
-        written = kube.calls["patch_status"]
-        _deferred(engine)
-        await engine.flush_status()
-        engine.started = True
-        kube.unreachable = True
-        await asyncio.wait_for(engine.stop(status_seconds=0.05), timeout=60)
-        assert kube.attempts == 1, "the deferred status was attempted once, then abandoned"
-        assert kube.calls["patch_status"] == written
-        assert not engine.started
-
-    asyncio.run(scenario())
-
-
-def test_a_stop_after_losing_the_lease_leaves_statuses_to_the_new_leader() -> None:
-    async def scenario() -> None:
-        kube, clock = FakeKube(), FakeClock()
-        engine = await issued(kube, clock)
-        await engine.flush_status()
-        written = kube.calls["patch_status"]
-        _deferred(engine)
-        await engine.flush_status()
-        engine.started = True
-        await engine.stop(write_statuses=False)
-        assert kube.calls["patch_status"] == written, "a status written without the lease"
-
-    asyncio.run(scenario())
-
-
 def test_shared_first_issue_posts_no_event_but_a_renewal_does() -> None:
     async def scenario() -> None:
         kube, clock = FakeKube(), FakeClock()

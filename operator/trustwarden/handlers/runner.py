@@ -360,8 +360,7 @@ async def run(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None)
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await pod_certificates_task
         await webhook.close()
-        # without the lease, statuses are the new leader's to write
-        await engine.stop(write_statuses=services.leading)
+        await engine.stop()
         if elector is not None:
             await elector.release()
         await gateway.close()

@@ -58,10 +58,6 @@ log = logging.getLogger("trustwarden.engine")
 
 
 LISTINGS_AT_ONCE = 4
-# How long a clean stop may spend writing the statuses it still holds. Each one is also written
-# by the next leader, which rebuilds every status from what it observes: past this, they are
-# left to it, so a stop with the API server unreachable does not retry them for minutes.
-FINAL_STATUS_SECONDS = 5.0
 
 
 class Engine:
@@ -213,28 +209,14 @@ class Engine:
             ),
         ]
 
-    async def stop(
-        self, *, write_statuses: bool = True, status_seconds: float = FINAL_STATUS_SECONDS
-    ) -> None:
-        """Stop reconciling, writing what is pending first: ledger, revocations and bundles,
-        then the statuses, for at most `status_seconds`. A replica that lost its lease passes
-        `write_statuses=False`: the new leader writes them, and ours would be older."""
+    async def stop(self) -> None:
         for task in [*self._watch_tasks, *self._tasks]:
             task.cancel()
         if self.started:
+            # A clean shutdown loses nothing pending: ledger, revocations, bundles, statuses.
             with contextlib.suppress(Exception):
                 await self.flush(final=True)
-            if write_statuses:
-                try:
-                    await asyncio.wait_for(self.flush_status(final=True), status_seconds)
-                except TimeoutError:
-                    log.warning(
-                        "stopping: statuses not all written within %.0f s; "
-                        "the next leader writes them",
-                        status_seconds,
-                    )
-                except Exception as exc:
-                    log.warning("stopping: statuses not written: %s", exc)
+                await self.flush_status(final=True)
         for task in [*self._watch_tasks, *self._tasks]:
             with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
                 await task

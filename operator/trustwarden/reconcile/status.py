@@ -2,13 +2,9 @@
 patches a status only when its content changed.
 
 Statuses are built elsewhere (pure functions of what the engine knows); this module remembers
-what was last written, so a restart or a burst rewrites only what differs. A WorkloadIdentity's
-progress alone waits `timing_interval` between writes, except in the final flush of a clean
-shutdown: its timing fields (a renewal moved `nextRenewal`), its pod counts, condition messages,
-and a Ready identity that has new pods waiting for their first certificate (Issuing). Anything
-else is written at once: a failure (Degraded), a problem, becoming Ready, a new generation, a
-certificate lost or expired (fewer issued, beyond the pods that left), and a count that leaves
-or reaches zero (the first pod, the first certificate, the last pod gone)."""
+what was last written, so a restart or a burst rewrites only what differs. Changes to timing
+fields alone (a renewal moved `nextRenewal`) wait `timing_interval` between writes, except in
+the final flush of a clean shutdown."""
 
 from __future__ import annotations
 
@@ -30,47 +26,10 @@ CONDITION_MESSAGE_MAX = 32000
 KINDS = {"td": "TrustDomain", "wid": "WorkloadIdentity"}
 
 
-PROGRESS_FIELDS = ("selectedPods", "issued")
-
-
-def progress_only(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
-    """True when `after` only reports progress over `before`: timing fields, pod counts and
-    condition messages moved, and every condition kept its status and reason, but for a Ready
-    identity whose newest pods are Issuing. During a burst of pods an identity flipped between
-    Ready and Issuing, and each count changed, every status interval: each one an API write."""
-    ignored = {*STATUS_TIMING_FIELDS, *PROGRESS_FIELDS, "conditions"}
-    keys = (before.keys() | after.keys()) - ignored
-    if any(before.get(k) != after.get(k) for k in keys):
-        return False
-    for count in PROGRESS_FIELDS:  # the first certificate, the first pod, the last one gone
-        had, has = before.get(count) or 0, after.get(count) or 0
-        if had != has and 0 in (had, has):
-            return False
-    issued = (before.get("issued") or 0) - (after.get("issued") or 0)
-    left = (before.get("selectedPods") or 0) - (after.get("selectedPods") or 0)
-    if issued > max(left, 0):  # a certificate lost or expired, not only its pod gone
-        return False
-    was = {str(c.get("type")): c for c in before.get("conditions") or ()}
-    now = {str(c.get("type")): c for c in after.get("conditions") or ()}
-    if was.keys() != now.keys():
-        return False
-    for type_, condition in now.items():
-        old = was[type_]
-        same = (old.get("status"), old.get("reason"), old.get("observedGeneration")) == (
-            condition.get("status"),
-            condition.get("reason"),
-            condition.get("observedGeneration"),
-        )
-        more_pods = (
-            type_ == "Ready"
-            and old.get("status") == "True"
-            and condition.get("status") == "False"
-            and condition.get("reason") == "Issuing"
-            and (after.get("selectedPods") or 0) > (before.get("selectedPods") or 0)
-        )
-        if not (same or more_pods):
-            return False
-    return True
+def timing_only(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    """True when two statuses differ in STATUS_TIMING_FIELDS alone."""
+    keys = (before.keys() | after.keys()) - set(STATUS_TIMING_FIELDS)
+    return all(before.get(k) == after.get(k) for k in keys)
 
 
 class StatusWriter:
@@ -161,7 +120,7 @@ class StatusWriter:
                     not final
                     and kind == "wid"
                     and previous is not None
-                    and progress_only(previous, status)
+                    and timing_only(previous, status)
                 ):
                     written_at = self._written_at.get(key)
                     later = (written_at or now) + self.timing_interval
