@@ -17,6 +17,7 @@ from tests.unit.fakes import (
     drain,
     make_engine,
     per_pod_world,
+    workload_identity,
 )
 from tests.unit.test_reconcile_engine import issued, secret_of
 from trustwarden.reconcile import observed as observed_mod
@@ -86,6 +87,28 @@ def test_a_clean_stop_writes_deferred_timing_changes() -> None:
         await engine.stop()
         assert kube.calls["patch_status"] == written + 1
         assert kube.statuses[WID]["nextRenewal"] != first["nextRenewal"]
+
+    asyncio.run(scenario())
+
+
+def test_an_identity_deleted_and_created_again_gets_its_status_written() -> None:
+    """The same identity applied again after a delete (a GitOps replace) is a new object with
+    no status: its first status is written even when it equals what the old one last had."""
+
+    async def scenario() -> None:
+        kube, clock = FakeKube(), FakeClock()
+        engine = await issued(kube, clock)
+        await engine.flush_status()
+        written = kube.calls["patch_status"]
+        assert WID in kube.statuses
+        engine.forget_workload_identity("payments", "api")
+        await engine.flush_status()
+        del kube.statuses[WID]  # the new object starts without one
+        engine.observe_workload_identity(workload_identity("payments", "api"))
+        await drain(engine, clock)
+        await engine.flush_status()
+        assert kube.calls["patch_status"] == written + 1
+        assert WID in kube.statuses
 
     asyncio.run(scenario())
 

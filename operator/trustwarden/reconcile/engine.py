@@ -339,6 +339,8 @@ class Engine:
         self._apply(self.store.observe_trust_domain(body))
 
     def forget_trust_domain(self, name: str) -> None:
+        # a TrustDomain created again under this name is a new object with no status yet
+        self.status.forget(DomainStatusKey(name))
         self._apply(self.store.forget_trust_domain(name))
 
     def observe_workload_identity(self, body: Mapping[str, Any]) -> None:
@@ -347,6 +349,9 @@ class Engine:
         self._apply(self.store.observe_workload_identity(body))
 
     def forget_workload_identity(self, namespace: str, name: str) -> None:
+        # re-created (a GitOps replace), it starts without a status: what the old object was
+        # last written must not make its first status look already written
+        self.status.forget(IdentityKey(namespace, name))
         self._apply(self.store.forget_workload_identity(namespace, name))
 
     def observe_pod(self, body: Mapping[str, Any], *, listed: bool = False) -> None:
